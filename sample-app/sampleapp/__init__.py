@@ -1,0 +1,1 @@
+"""The instrumented sample workload (aegisops-app) and its load generator."""

@@ -1,0 +1,1 @@
+"""The local stand-in for a cluster: Kubernetes API emulator, Prometheus launcher, Slack receiver, process-backed Deployments."""
