@@ -1,0 +1,184 @@
+"""The config schema machinery: typed scalar fields, range checks, unknown-key hints.
+
+`aegisops.config` declares the schema with these; nothing here knows the keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import promql_parser
+
+
+class ConfigError(ValueError):
+    """The config is invalid. `key` is the offending key path (e.g. `targets[0].max_replicas`)."""
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Field:
+    """One scalar key: its type, default and range."""
+
+    kind: type
+    default: Any
+    minimum: float | None = None
+    above: bool = False  # minimum is exclusive
+    maximum: float | None = None
+    below: bool = False  # maximum is exclusive
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+    promql: bool = False
+    non_empty: bool = True
+
+
+def positive(default: float) -> Field:
+    return Field(float, default, minimum=0, above=True)
+
+
+def count(default: int, *, minimum: int = 1) -> Field:
+    return Field(int, default, minimum=minimum)
+
+
+Schema = Mapping[str, "Field | Schema"]
+
+
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def from_env(text: str, spec: Field, *, key: str, env_name: str) -> Any:
+    value = text.strip()
+    if spec.nullable and value.lower() in ("", "null", "none"):
+        return None
+    try:
+        if spec.kind is bool:
+            return {
+                "true": True,
+                "1": True,
+                "yes": True,
+                "on": True,
+                "false": False,
+                "0": False,
+                "no": False,
+                "off": False,
+            }[value.lower()]
+        if spec.kind is int:
+            return int(value)
+        if spec.kind is float:
+            return float(value)
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"expected {KIND_NAMES[spec.kind]} in {env_name}, got {text!r}", key=key
+        ) from None
+    return text
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def check_section(
+    raw: Any, schema: Schema, key: str, *, extra: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Validate one mapping against `schema` (defaults filled in); `extra` keys are skipped."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping, got {describe(raw)}", key=key)
+    allowed = set(schema) | extra
+    for name in raw:
+        if name not in allowed:
+            raise ConfigError(
+                f"unknown key{suggest(str(name), allowed)}", key=_join(key, str(name))
+            )
+    values: dict[str, Any] = {}
+    for name, spec in schema.items():
+        path = _join(key, name)
+        if isinstance(spec, Field):
+            values[name] = check_scalar(raw.get(name, spec.default), spec, key=path)
+        else:
+            values[name] = check_section(raw.get(name), spec, path)
+    return values
+
+
+def check_scalar(value: Any, spec: Field, *, key: str) -> Any:
+    if value is None:
+        if spec.nullable:
+            return None
+        required = spec.default is None
+        raise ConfigError("is required" if required else "must not be null", key=key)
+    value = _typed(value, spec, key=key)
+    if spec.choices and value not in spec.choices:
+        options = ", ".join(repr(c) for c in spec.choices)
+        raise ConfigError(f"expected one of {options}, got {value!r}", key=key)
+    if spec.kind in (int, float):
+        _check_range(value, spec, key=key)
+    if spec.promql:
+        try:
+            promql_parser.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"unparsable PromQL ({exc}): {value!r}", key=key) from None
+    return value
+
+
+def _typed(value: Any, spec: Field, *, key: str) -> Any:
+    expected = f"expected {KIND_NAMES[spec.kind]}, got {describe(value)}"
+    if spec.kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(expected, key=key)
+    elif spec.kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(expected, key=key)
+    elif spec.kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(expected, key=key)
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {value}", key=key)
+    elif spec.kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(expected, key=key)
+        if spec.non_empty and not value.strip():
+            raise ConfigError("must not be empty", key=key)
+    return value
+
+
+def _check_range(value: float, spec: Field, *, key: str) -> None:
+    shown = _number(value)
+    if spec.minimum is not None:
+        low = _number(spec.minimum)
+        if spec.above and value <= spec.minimum:
+            raise ConfigError(f"must be > {low}, got {shown}", key=key)
+        if value < spec.minimum:
+            raise ConfigError(f"must be >= {low}, got {shown}", key=key)
+    if spec.maximum is not None:
+        high = _number(spec.maximum)
+        if spec.below and value >= spec.maximum:
+            raise ConfigError(f"must be < {high}, got {shown}", key=key)
+        if value > spec.maximum:
+            raise ConfigError(f"must be <= {high}, got {shown}", key=key)
+
+
+def suggest(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

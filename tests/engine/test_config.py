@@ -1,0 +1,330 @@
+"""Config: YAML + AEGISOPS_* overrides -> one typed object; every mistake names its key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aegisops.config import (
+    Config,
+    ConfigError,
+    Secret,
+    env_keys,
+    load_config,
+    parse_config,
+)
+from aegisops.detector import DetectorParams
+from aegisops.policy import Limits, PolicyParams
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "ai-engine" / "config.example.yaml"
+TARGET = {"namespace": "aegisops", "deployment": "aegisops-app"}
+
+
+def minimal(**sections: Any) -> dict[str, Any]:
+    return {"targets": [dict(TARGET)], **sections}
+
+
+def error_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env=env or {})
+    return str(info.value)
+
+
+def test_example_file_loads_with_the_documented_values() -> None:
+    config = load_config(EXAMPLE, env={})
+    assert config.poll_interval_seconds == 15.0
+    assert config.dry_run is False
+    assert config.prometheus.url == "http://prometheus-operated.monitoring.svc:9090"
+    assert config.prometheus.timeout_seconds == 5.0
+    assert config.prometheus.history_lookback_seconds == 240 * 15.0
+    assert config.prometheus.workload_labels.namespace == "namespace"
+    assert config.prometheus.queries.in_order()[0] == (
+        "rps",
+        "sum by (namespace, deployment) (rate(http_requests_total[1m]))",
+    )
+    assert [m for m, _ in config.prometheus.queries.in_order()] == [
+        "rps",
+        "p95_latency_seconds",
+        "memory_bytes",
+    ]
+    assert config.detector.seed == 42
+    assert config.detector.threshold_quantile == 0.995
+    assert config.policy.consecutive_anomalies == 3
+    assert config.policy.cooldown_seconds == 300.0
+    assert [t.key for t in config.targets] == ["aegisops/aegisops-app"]
+    assert config.targets[0].limits == Limits(min_replicas=1, max_replicas=5, scale_step=1)
+    assert config.slack.webhook_env == "SLACK_WEBHOOK_URL"
+    assert config.slack.webhook is None
+    assert config.kubernetes.mode == "auto"
+    assert config.server.port == 8080
+    assert (config.log.format, config.log.level) == ("text", "info")
+
+
+def test_example_file_sets_every_key_to_its_default() -> None:
+    from_example = load_config(EXAMPLE, env={})
+    from_defaults = parse_config(minimal(), env={})
+    assert from_example == from_defaults
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    documented = {".".join(path) for path in env_keys().values()}
+    in_example = set(_leaf_paths(raw)) - {p for p in _leaf_paths(raw) if p.startswith("targets")}
+    assert in_example == documented
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _leaf_paths(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")]
+
+
+def test_env_overrides_win_over_the_file_and_are_typed() -> None:
+    env = {
+        "AEGISOPS_PROMETHEUS_URL": "http://127.0.0.1:9999/",
+        "AEGISOPS_DRY_RUN": "true",
+        "AEGISOPS_POLL_INTERVAL_SECONDS": "2",
+        "AEGISOPS_LOG_FORMAT": "json",
+        "AEGISOPS_DETECTOR_BASELINE_SAMPLES": "30",
+        "AEGISOPS_PROMETHEUS_QUERIES_RPS": "sum by (namespace, deployment) (rate(x[5s]))",
+        "AEGISOPS_KUBERNETES_KUBECONFIG": "/tmp/kubeconfig",
+        "AEGISOPS_CONFIG": "/etc/aegisops/config.yaml",  # the CLI's, not a key
+        "HOME": "/root",
+    }
+    config = parse_config(minimal(dry_run=False, log={"format": "text"}), env=env)
+    assert config.prometheus.url == "http://127.0.0.1:9999"
+    assert config.dry_run is True
+    assert config.poll_interval_seconds == 2.0
+    assert config.log.format == "json"
+    assert config.detector.baseline_samples == 30
+    assert config.prometheus.history_lookback_seconds == 60.0
+    assert config.prometheus.queries.rps == "sum by (namespace, deployment) (rate(x[5s]))"
+    assert config.kubernetes.kubeconfig == "/tmp/kubeconfig"
+
+
+def test_history_lookback_can_be_set_explicitly() -> None:
+    config = parse_config(minimal(prometheus={"history_lookback_seconds": 600}), env={})
+    assert config.prometheus.history_lookback_seconds == 600.0
+
+
+def test_every_scalar_key_has_its_own_env_name() -> None:
+    keys = env_keys()
+    assert keys["AEGISOPS_POLL_INTERVAL_SECONDS"] == ("poll_interval_seconds",)
+    assert keys["AEGISOPS_PROMETHEUS_WORKLOAD_LABELS_NAMESPACE"] == (
+        "prometheus",
+        "workload_labels",
+        "namespace",
+    )
+    assert len(set(keys.values())) == len(keys) == 34
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            minimal(detector={"seed": "abc"}),
+            "detector.seed: expected an integer, got 'abc'",
+        ),
+        (
+            minimal(prometheus={"timout_seconds": 3}),
+            "prometheus.timout_seconds: unknown key (did you mean 'timeout_seconds'?)",
+        ),
+        (minimal(dry_runn=True), "dry_runn: unknown key (did you mean 'dry_run'?)"),
+        (minimal(colour="blue"), "colour: unknown key"),
+        (minimal(dry_run="yes"), "dry_run: expected true or false, got 'yes'"),
+        (minimal(poll_interval_seconds=0), "poll_interval_seconds: must be > 0, got 0"),
+        (minimal(poll_interval_seconds=True), "poll_interval_seconds: expected a number, got True"),
+        (minimal(detector={"seed": 1.5}), "detector.seed: expected an integer, got 1.5"),
+        (
+            minimal(detector={"threshold_quantile": 1}),
+            "detector.threshold_quantile: must be < 1, got 1",
+        ),
+        (
+            minimal(detector={"baseline_samples": 3000}),
+            "detector.max_training_samples: must be >= detector.baseline_samples (3000), got 2000",
+        ),
+        (minimal(policy={"cooldown_seconds": -1}), "policy.cooldown_seconds: must be >= 0, got -1"),
+        (minimal(log={"format": "xml"}), "log.format: expected one of 'text', 'json', got 'xml'"),
+        (minimal(server={"port": 70000}), "server.port: must be <= 65535, got 70000"),
+        (minimal(prometheus=[1]), "prometheus: expected a mapping, got a list"),
+        (minimal(prometheus={"url": ""}), "prometheus.url: must not be empty"),
+        (
+            minimal(prometheus={"url": "prometheus:9090"}),
+            "prometheus.url: expected an http:// or https:// URL, got 'prometheus:9090'",
+        ),
+        (minimal(slack={"webhook_env": None}), "slack.webhook_env: must not be null"),
+        ({}, "targets: at least one target (namespace, deployment) is required"),
+        ({"targets": []}, "targets: at least one target (namespace, deployment) is required"),
+        ({"targets": "aegisops"}, "targets: expected a list of targets, got 'aegisops'"),
+        ({"targets": ["aegisops/app"]}, "targets[0]: expected a mapping, got 'aegisops/app'"),
+        ({"targets": [{"namespace": "a"}]}, "targets[0].deployment: is required"),
+        (
+            {"targets": [{**TARGET, "max_replicas": 0}]},
+            "targets[0].max_replicas: must be >= 1, got 0",
+        ),
+        (
+            {"targets": [{**TARGET, "min_replicas": 3, "max_replicas": 2}]},
+            "targets[0].max_replicas: must be >= min_replicas (3), got 2",
+        ),
+        ({"targets": [{**TARGET, "scale_step": 0}]}, "targets[0].scale_step: must be >= 1, got 0"),
+        (
+            {"targets": [{**TARGET, "replicas": 2}]},
+            "targets[0].replicas: unknown key (did you mean 'min_replicas'?)",
+        ),
+        (
+            {"targets": [dict(TARGET), {"namespace": "x", "deployment": "y"}, dict(TARGET)]},
+            "targets[2]: duplicate target aegisops/aegisops-app (already targets[0])",
+        ),
+        (
+            {"targets": [{**TARGET, "namespace": "Prod_NS"}]},
+            "targets[0].namespace: expected a Kubernetes name "
+            "(lower-case letters, digits, '-'), got 'Prod_NS'",
+        ),
+    ],
+)
+def test_invalid_config_names_the_key(raw: dict[str, Any], message: str) -> None:
+    assert error_of(raw) == message
+
+
+def test_unparsable_promql_names_the_query() -> None:
+    bad = "sum by (namespace (rate(x[1m]))"
+    message = error_of(minimal(prometheus={"queries": {"rps": bad}}))
+    assert message.startswith("prometheus.queries.rps: unparsable PromQL (")
+    assert message.endswith(f"): {bad!r}")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"AEGISOPS_DETECTOR_SEED": "abc"},
+            "detector.seed: expected an integer in AEGISOPS_DETECTOR_SEED, got 'abc'",
+        ),
+        (
+            {"AEGISOPS_DRY_RUN": "maybe"},
+            "dry_run: expected true or false in AEGISOPS_DRY_RUN, got 'maybe'",
+        ),
+        (
+            {"AEGISOPS_PROMETHEUS_TIMEOUT": "3"},
+            "AEGISOPS_PROMETHEUS_TIMEOUT: unknown environment override "
+            "(did you mean 'AEGISOPS_PROMETHEUS_TIMEOUT_SECONDS'?)",
+        ),
+        (
+            {"AEGISOPS_POLL_INTERVAL_SECONDS": "-5"},
+            "poll_interval_seconds: must be > 0, got -5",
+        ),
+    ],
+)
+def test_invalid_env_override_names_the_variable(env: dict[str, str], message: str) -> None:
+    assert error_of(minimal(), env) == message
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == f"config file not found: {path}"
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("dry_run: true\nprometheus:\n  url: [unclosed\ntargets: []\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value).startswith(f"{path}: invalid YAML at line 4, column ")
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == f"{path}: expected a mapping of keys at the top, got a list"
+
+
+def test_secret_never_prints() -> None:
+    secret = Secret("https://hooks.slack.com/services/T/B/XYZ")
+    assert str(secret) == "***"
+    assert repr(secret) == "Secret('***')"
+    assert f"{secret}" == "***"
+    assert f"{secret:>5}" == "  ***"
+    assert secret.reveal() == "https://hooks.slack.com/services/T/B/XYZ"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.slack.com/services/T000/B000/XXXX",
+        "http://127.0.0.1:8099/services/T000/B000/XXXX",
+        "http://localhost:8099/services/T000/B000/XXXX",
+    ],
+)
+def test_webhook_is_read_from_the_named_env_var(url: str) -> None:
+    config = parse_config(minimal(slack={"webhook_env": "MY_HOOK"}), env={"MY_HOOK": url})
+    assert config.slack.webhook == Secret(url)
+    assert config.slack.webhook is not None
+    assert config.slack.webhook.reveal() == url
+    assert url not in repr(config)
+    assert url not in json.dumps(config.describe())
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_unset_or_empty_webhook_means_slack_off(value: str) -> None:
+    assert parse_config(minimal(), env={"SLACK_WEBHOOK_URL": value}).slack.webhook is None
+    assert parse_config(minimal(), env={}).slack.webhook is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.slack.com/services/T000/B000/SECRETPART",
+        "hooks.slack.com/services/T000/B000/SECRETPART",
+        "SECRETPART",
+        "https:///SECRETPART",
+        "http://[SECRETPART/",
+    ],
+)
+def test_malformed_webhook_is_a_startup_error_without_the_url(url: str) -> None:
+    message = error_of(minimal(), {"SLACK_WEBHOOK_URL": url})
+    assert message == (
+        "slack.webhook: the value of $SLACK_WEBHOOK_URL is not an https:// URL "
+        "(the URL itself is not shown)"
+    )
+    assert "SECRETPART" not in message
+
+
+def test_webhook_env_var_may_carry_the_aegisops_prefix() -> None:
+    raw = minimal(slack={"webhook_env": "AEGISOPS_SLACK_URL"})
+    config = parse_config(raw, env={"AEGISOPS_SLACK_URL": "https://hooks.slack.com/x"})
+    assert config.slack.webhook == Secret("https://hooks.slack.com/x")
+
+
+def test_describe_is_the_effective_config_with_secrets_masked() -> None:
+    env = {"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/SECRETPART"}
+    config = parse_config(minimal(dry_run=True), env=env)
+    described = config.describe()
+    assert described["dry_run"] is True
+    assert described["slack"]["webhook"] == "***"
+    assert described["targets"] == [
+        {
+            "namespace": "aegisops",
+            "deployment": "aegisops-app",
+            "min_replicas": 1,
+            "max_replicas": 5,
+            "scale_step": 1,
+        }
+    ]
+    assert described["detector"]["n_estimators"] == 100
+    assert described["prometheus"]["workload_labels"] == {
+        "namespace": "namespace",
+        "deployment": "deployment",
+    }
+    text = json.dumps(described)
+    assert "SECRETPART" not in text
+    assert isinstance(config, Config)
+
+
+def test_defaults_are_the_pure_core_defaults() -> None:
+    config = parse_config(minimal(), env={})
+    assert config.detector == DetectorParams()
+    assert config.policy == PolicyParams()
