@@ -1,0 +1,371 @@
+"""Pure policy: detector observations, time and replica state in, decisions out.
+
+Time is Unix seconds, passed in. The state that must survive a restart (the
+cooldown, the replica count before AegisOps first acted) is `Memory`, stored by the
+loop as annotations on the Deployment. See docs/detector.md for the rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Literal
+
+from aegisops.detector import Observation
+
+Action = Literal["none", "alert", "scale_up", "scale_down"]
+
+ANNOTATION_PREFIX = "aegisops.dev/"
+ORIGINAL_REPLICAS = "aegisops.dev/original-replicas"
+LAST_ACTION = "aegisops.dev/last-action"
+LAST_ACTION_AT = "aegisops.dev/last-action-at"
+COOLDOWN_UNTIL = "aegisops.dev/cooldown-until"
+ANNOTATION_KEYS = (ORIGINAL_REPLICAS, LAST_ACTION, LAST_ACTION_AT, COOLDOWN_UNTIL)
+
+LOAD_SIGNALS = (("rps", "up"), ("p95_latency_seconds", "up"))
+"""Deviations that more replicas can relieve; any other anomaly only alerts."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyParams:
+    """When an anomaly counts and how often AegisOps may act (config section `policy`)."""
+
+    consecutive_anomalies: int = 3
+    cooldown_seconds: float = 300.0
+    scale_down_after_seconds: float | None = None
+    """Calm time after which replicas go back to original-replicas; None disables."""
+
+    def __post_init__(self) -> None:
+        if self.consecutive_anomalies < 1:
+            raise ValueError(
+                f"consecutive_anomalies must be >= 1, got {self.consecutive_anomalies}"
+            )
+        if self.cooldown_seconds < 0:
+            raise ValueError(f"cooldown_seconds must be >= 0, got {self.cooldown_seconds}")
+        if self.scale_down_after_seconds is not None and self.scale_down_after_seconds < 0:
+            raise ValueError("scale_down_after_seconds must be >= 0 or None")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Per-target replica bounds (config `targets[]`)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 5
+    scale_step: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            raise ValueError(
+                f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas}"
+                f" and {self.max_replicas}"
+            )
+        if self.scale_step < 1:
+            raise ValueError(f"scale_step must be >= 1, got {self.scale_step}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Memory:
+    """What AegisOps remembers across restarts (the Deployment's annotations)."""
+
+    original_replicas: int | None = None
+    last_action: str | None = None
+    last_action_at: float | None = None
+    cooldown_until: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyState:
+    """In-memory, per workload: the current streaks and whether an incident is open."""
+
+    anomalous_streak: int = 0
+    normal_streak: int = 0
+    incident_open: bool = False
+    incident_since: float | None = None
+    calm_since: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """What to do about one observation, why, and the state to carry forward.
+
+    `confirmed`: an incident was confirmed by this observation (notify once).
+    `resolved`: the open incident ended with this observation.
+    `anomaly`: an incident is open after this observation (the `aegisops_anomaly` gauge).
+    `memory`: the annotations to hold after acting (equal to the input when not acting).
+    """
+
+    action: Action
+    replicas_before: int
+    replicas_after: int
+    reason: str
+    confirmed: bool
+    resolved: bool
+    anomaly: bool
+    state: PolicyState
+    memory: Memory
+
+
+def format_time(t: float) -> str:
+    """Unix seconds -> RFC 3339 UTC, whole seconds (rounded up: a cooldown never shrinks)."""
+    return datetime.fromtimestamp(math.ceil(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> float:
+    """RFC 3339 (with Z or an offset) -> Unix seconds; ValueError otherwise."""
+    parsed = datetime.fromisoformat(text.strip())
+    if parsed.tzinfo is None:
+        raise ValueError("no UTC offset")
+    return parsed.timestamp()
+
+
+def memory_to_annotations(memory: Memory) -> dict[str, str]:
+    """The annotations for `memory`; keys whose value is None are left out.
+
+    A merge patch should set the others in ANNOTATION_KEYS to null to clear them.
+    """
+    values = {
+        ORIGINAL_REPLICAS: None
+        if memory.original_replicas is None
+        else str(memory.original_replicas),
+        LAST_ACTION: memory.last_action,
+        LAST_ACTION_AT: None
+        if memory.last_action_at is None
+        else format_time(memory.last_action_at),
+        COOLDOWN_UNTIL: None
+        if memory.cooldown_until is None
+        else format_time(memory.cooldown_until),
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def memory_from_annotations(
+    annotations: Mapping[str, str] | None,
+) -> tuple[Memory, tuple[str, ...]]:
+    """Read Memory from a Deployment's annotations, tolerantly.
+
+    Returns the memory and one message per annotation that was ignored because it
+    could not be read (the loop logs them); never raises on bad values.
+    """
+    annotations = annotations or {}
+    problems: list[str] = []
+    original: int | None = None
+    raw = annotations.get(ORIGINAL_REPLICAS)
+    if raw is not None:
+        if raw.strip().isdigit():
+            original = int(raw)
+        else:
+            problems.append(f"{ORIGINAL_REPLICAS}: {raw!r} is not a replica count; ignored")
+    times: dict[str, float | None] = {}
+    for key in (LAST_ACTION_AT, COOLDOWN_UNTIL):
+        raw = annotations.get(key)
+        times[key] = None
+        if raw is not None:
+            try:
+                times[key] = parse_time(raw)
+            except ValueError:
+                problems.append(f"{key}: {raw!r} is not an RFC 3339 UTC timestamp; ignored")
+    memory = Memory(
+        original_replicas=original,
+        last_action=annotations.get(LAST_ACTION),
+        last_action_at=times[LAST_ACTION_AT],
+        cooldown_until=times[COOLDOWN_UNTIL],
+    )
+    return memory, tuple(problems)
+
+
+def decide(
+    *,
+    state: PolicyState,
+    observation: Observation,
+    now: float,
+    replicas: int,
+    memory: Memory,
+    limits: Limits,
+    params: PolicyParams,
+    hpa_managed: bool = False,
+) -> Decision:
+    """Decide what to do about one observation of one workload.
+
+    Only scored observations move the streaks; learning, cold-start, idle and
+    missing samples hold them (neither confirm nor break an incident).
+    """
+    new_state, confirmed, resolved = _advance(state, observation, now=now, params=params)
+    context = _Context(
+        observation=observation,
+        now=now,
+        replicas=replicas,
+        memory=memory,
+        limits=limits,
+        params=params,
+        hpa_managed=hpa_managed,
+        state=new_state,
+    )
+    if new_state.incident_open and observation.status == "scored" and observation.anomalous:
+        action, after, reason, new_memory = _on_incident(context, confirmed=confirmed)
+    elif resolved:
+        action, after, new_memory = "none", replicas, memory
+        reason = f"back to normal after {new_state.normal_streak} normal samples"
+    else:
+        action, after, reason, new_memory = _when_calm(context)
+    return Decision(
+        action=action,
+        replicas_before=replicas,
+        replicas_after=after,
+        reason=reason,
+        confirmed=confirmed,
+        resolved=resolved,
+        anomaly=new_state.incident_open,
+        state=new_state,
+        memory=new_memory,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Context:
+    observation: Observation
+    now: float
+    replicas: int
+    memory: Memory
+    limits: Limits
+    params: PolicyParams
+    hpa_managed: bool
+    state: PolicyState
+
+
+_Outcome = tuple[Action, int, str, Memory]
+
+
+def _advance(
+    state: PolicyState, obs: Observation, *, now: float, params: PolicyParams
+) -> tuple[PolicyState, bool, bool]:
+    """The next streaks; (state, confirmed now, resolved now)."""
+    if obs.status != "scored":
+        return state, False, False
+    needed = params.consecutive_anomalies
+    if obs.anomalous:
+        streak = state.anomalous_streak + 1
+        confirm = not state.incident_open and streak >= needed
+        return (
+            replace(
+                state,
+                anomalous_streak=streak,
+                normal_streak=0,
+                incident_open=state.incident_open or confirm,
+                incident_since=now if confirm else state.incident_since,
+                calm_since=None,
+            ),
+            confirm,
+            False,
+        )
+    calm = state.normal_streak + 1
+    resolve = state.incident_open and calm >= needed
+    still_open = state.incident_open and not resolve
+    return (
+        replace(
+            state,
+            anomalous_streak=0,
+            normal_streak=calm,
+            incident_open=still_open,
+            incident_since=state.incident_since if still_open else None,
+            calm_since=state.calm_since if state.calm_since is not None or still_open else now,
+        ),
+        False,
+        resolve,
+    )
+
+
+def _on_incident(ctx: _Context, *, confirmed: bool) -> _Outcome:
+    """An anomalous sample while an incident is open: scale, alert, or hold."""
+    obs, memory, limits, replicas = ctx.observation, ctx.memory, ctx.limits, ctx.replicas
+    seen = f"{describe(obs)} for {ctx.state.anomalous_streak} consecutive samples"
+    hold: Action = "alert" if confirmed else "none"
+    if not is_load_shaped(obs):
+        return hold, replicas, f"{seen}; not load-shaped, scaling cannot fix it", memory
+    if ctx.hpa_managed:
+        return hold, replicas, f"{seen}; an HPA manages this Deployment, not scaling", memory
+    if memory.cooldown_until is not None and ctx.now < memory.cooldown_until:
+        until = format_time(memory.cooldown_until)
+        return "none", replicas, f"{seen}; cooldown until {until}", memory
+    if replicas >= limits.max_replicas:
+        return hold, replicas, f"{seen}; at max replicas ({limits.max_replicas})", memory
+    after = min(limits.max_replicas, max(replicas + limits.scale_step, limits.min_replicas))
+    return (
+        "scale_up",
+        after,
+        f"{seen}; scale_up {replicas}->{after}",
+        _acted(ctx, "scale_up", after),
+    )
+
+
+def _when_calm(ctx: _Context) -> _Outcome:
+    """No anomaly to act on: maybe restore the original replicas, else explain."""
+    obs, memory, replicas, params = ctx.observation, ctx.memory, ctx.replicas, ctx.params
+    target = (
+        None
+        if memory.original_replicas is None
+        else max(memory.original_replicas, ctx.limits.min_replicas)
+    )
+    calm_for = None if ctx.state.calm_since is None else ctx.now - ctx.state.calm_since
+    cooling = memory.cooldown_until is not None and ctx.now < memory.cooldown_until
+    if (
+        params.scale_down_after_seconds is not None
+        and target is not None
+        and replicas > target
+        and calm_for is not None
+        and calm_for >= params.scale_down_after_seconds
+        and not cooling
+        and not ctx.hpa_managed
+        and not ctx.state.incident_open
+    ):
+        reason = f"calm for {calm_for:.0f}s; scale_down {replicas}->{target} (original replicas)"
+        return "scale_down", target, reason, _acted(ctx, "scale_down", target)
+    return "none", replicas, _status_reason(obs, ctx.state, params), memory
+
+
+def _acted(ctx: _Context, action: Action, after: int) -> Memory:
+    original = ctx.memory.original_replicas
+    if action == "scale_up" and original is None:
+        original = ctx.replicas
+    elif action == "scale_down":
+        original = None
+    return Memory(
+        original_replicas=original,
+        last_action=f"{action} {ctx.replicas}->{after}",
+        last_action_at=ctx.now,
+        cooldown_until=ctx.now + ctx.params.cooldown_seconds,
+    )
+
+
+def _status_reason(obs: Observation, state: PolicyState, params: PolicyParams) -> str:
+    if obs.status == "scored" and obs.anomalous:
+        needed = params.consecutive_anomalies
+        return f"{describe(obs)} ({state.anomalous_streak}/{needed} consecutive)"
+    if obs.status == "scored" and state.incident_open:
+        needed = params.consecutive_anomalies
+        return f"normal sample during incident ({state.normal_streak}/{needed} to resolve)"
+    if obs.status == "scored":
+        return f"normal (score {obs.score:.2f})"
+    return {
+        "learning": "learning baseline",
+        "cold_start": "cold start, not scored",
+        "idle": "idle (rps below idle_rps_below), not scored",
+        "missing": "no data",
+    }[obs.status]
+
+
+def is_load_shaped(obs: Observation) -> bool:
+    """True when rps and/or p95 latency deviate upwards: more replicas can help."""
+    return any((d.metric, d.direction) in LOAD_SIGNALS for d in obs.deviations)
+
+
+def describe(obs: Observation) -> str:
+    """'p95_latency_seconds 0.84 vs baseline 0.05 (up), rps 150 vs baseline 40 (up)'."""
+    if not obs.deviations:
+        return f"anomaly score {obs.score:.2f}"
+    return ", ".join(
+        f"{d.metric} {d.value:.3g} vs baseline {d.baseline:.3g} ({d.direction})"
+        for d in obs.deviations
+    )
