@@ -1,0 +1,5 @@
+import sys
+
+from sandbox.kubeapi.cli import main
+
+sys.exit(main())

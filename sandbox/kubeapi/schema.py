@@ -1,0 +1,128 @@
+"""The real Kubernetes OpenAPI schemas (shipped by `kubernetes-validate`), walked by hand.
+
+Two uses: strict field validation (unknown fields, like kube-apiserver's
+`fieldValidation=Strict`) and the patch strategies of strategic merge patch
+(`x-kubernetes-patch-merge-key` / `x-kubernetes-patch-strategy`).
+A kind without a schema here (the CRDs) is schemaless: anything goes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+SCHEMA_VERSION = "v1.32.0-local"  # matches the kubectl v1.32 on this machine
+_REF_PREFIX = "#/$defs/"
+
+
+@functools.cache
+def _definitions() -> dict[str, Any]:
+    root = resources.files("kubernetes_validate").joinpath("kubernetes-json-schema")
+    text = root.joinpath(SCHEMA_VERSION).joinpath("_definitions.json").read_text()
+    defs: dict[str, Any] = json.loads(text)["$defs"]
+    return defs
+
+
+@functools.cache
+def _kind_index() -> dict[tuple[str, str, str], str]:
+    index: dict[tuple[str, str, str], str] = {}
+    for name, schema in _definitions().items():
+        for gvk in schema.get("x-kubernetes-group-version-kind", []):
+            index[(gvk["group"], gvk["version"], gvk["kind"])] = name
+    return index
+
+
+@dataclass(frozen=True)
+class Node:
+    """A position in a schema: wraps one JSON-schema dict (refs resolved lazily)."""
+
+    schema: dict[str, Any]
+
+    def _resolved(self) -> dict[str, Any]:
+        ref = self.schema.get("$ref")
+        if ref and ref.startswith(_REF_PREFIX):
+            merged = dict(_definitions()[ref[len(_REF_PREFIX) :]])
+            merged.update({k: v for k, v in self.schema.items() if k.startswith("x-")})
+            return merged
+        return self.schema
+
+    @property
+    def is_closed_object(self) -> bool:
+        return "properties" in self._resolved()
+
+    def field(self, name: str) -> Node | None:
+        """The schema of property `name`; None if unknown (or the object is open)."""
+        res = self._resolved()
+        props = res.get("properties")
+        if props is not None:
+            sub = props.get(name)
+            return Node(sub) if sub is not None else None
+        extra = res.get("additionalProperties")
+        if isinstance(extra, dict):
+            return Node(extra)
+        return None
+
+    def items(self) -> Node | None:
+        sub = self._resolved().get("items")
+        return Node(sub) if isinstance(sub, dict) else None
+
+    @property
+    def merge_key(self) -> str | None:
+        key = self._resolved().get("x-kubernetes-patch-merge-key")
+        return key if isinstance(key, str) else None
+
+    @property
+    def strategies(self) -> frozenset[str]:
+        raw = self._resolved().get("x-kubernetes-patch-strategy", "")
+        return frozenset(part for part in str(raw).split(",") if part)
+
+
+def kind_schema(*, group: str, version: str, kind: str) -> Node | None:
+    name = _kind_index().get((group, version, kind))
+    return Node(_definitions()[name]) if name else None
+
+
+def unknown_fields(obj: Any, node: Node | None, path: str = "") -> list[str]:
+    """Paths of fields the schema does not declare, formatted like kube-apiserver."""
+    if node is None:
+        return []
+    found: list[str] = []
+    if isinstance(obj, dict):
+        closed = node.is_closed_object
+        for key, value in obj.items():
+            child_path = f"{path}.{key}" if path else key
+            child = node.field(key)
+            if child is None:
+                if closed:
+                    found.append(child_path)
+                continue
+            found.extend(unknown_fields(value, child, child_path))
+    elif isinstance(obj, list):
+        item = node.items()
+        for index, value in enumerate(obj):
+            found.extend(unknown_fields(value, item, f"{path}[{index}]"))
+    return found
+
+
+def prune_unknown(obj: Any, node: Node | None) -> Any:
+    """A copy of `obj` without the fields the schema does not declare (kube drops them)."""
+    if node is None:
+        return obj
+    if isinstance(obj, dict):
+        closed = node.is_closed_object
+        out = {}
+        for key, value in obj.items():
+            child = node.field(key)
+            if child is None:
+                if not closed:
+                    out[key] = value
+                continue
+            out[key] = prune_unknown(value, child)
+        return out
+    if isinstance(obj, list):
+        item = node.items()
+        return [prune_unknown(value, item) for value in obj]
+    return obj
