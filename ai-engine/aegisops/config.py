@@ -211,6 +211,7 @@ SCHEMA: Schema = {
     "policy": {
         "consecutive_anomalies": count(3),
         "cooldown_seconds": Field(float, 300.0, minimum=0),
+        "scale_down_after_seconds": Field(float, None, minimum=0, nullable=True),
     },
     "slack": {
         "webhook_env": Field(str, "SLACK_WEBHOOK_URL"),
@@ -234,7 +235,7 @@ SCHEMA: Schema = {
 TARGET_SCHEMA: Mapping[str, Field] = {
     "namespace": Field(str, None),
     "deployment": Field(str, None),
-    "min_replicas": count(1),
+    "min_replicas": count(1, minimum=0),
     "max_replicas": count(5),
     "scale_step": count(1),
 }

@@ -88,6 +88,7 @@ def test_env_overrides_win_over_the_file_and_are_typed() -> None:
         "AEGISOPS_DETECTOR_BASELINE_SAMPLES": "30",
         "AEGISOPS_PROMETHEUS_QUERIES_RPS": "sum by (namespace, deployment) (rate(x[5s]))",
         "AEGISOPS_KUBERNETES_KUBECONFIG": "/tmp/kubeconfig",
+        "AEGISOPS_POLICY_SCALE_DOWN_AFTER_SECONDS": "600",
         "AEGISOPS_CONFIG": "/etc/aegisops/config.yaml",  # the CLI's, not a key
         "HOME": "/root",
     }
@@ -100,6 +101,12 @@ def test_env_overrides_win_over_the_file_and_are_typed() -> None:
     assert config.prometheus.history_lookback_seconds == 60.0
     assert config.prometheus.queries.rps == "sum by (namespace, deployment) (rate(x[5s]))"
     assert config.kubernetes.kubeconfig == "/tmp/kubeconfig"
+    assert config.policy.scale_down_after_seconds == 600.0
+    nulled = parse_config(
+        minimal(policy={"scale_down_after_seconds": 60}),
+        env={"AEGISOPS_POLICY_SCALE_DOWN_AFTER_SECONDS": "null"},
+    )
+    assert nulled.policy.scale_down_after_seconds is None
 
 
 def test_history_lookback_can_be_set_explicitly() -> None:
@@ -115,7 +122,7 @@ def test_every_scalar_key_has_its_own_env_name() -> None:
         "workload_labels",
         "namespace",
     )
-    assert len(set(keys.values())) == len(keys) == 34
+    assert len(set(keys.values())) == len(keys) == 35
 
 
 @pytest.mark.parametrize(
