@@ -1,0 +1,360 @@
+"""SlackNotifier over HTTP against the sandbox Slack receiver; the pure message builders."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+
+import pytest
+from aegisops.config import Secret, SlackConfig
+from aegisops.notify import (
+    MetricLine,
+    SlackNotifier,
+    action_message,
+    anomaly_message,
+    metric_lines,
+    resolved_message,
+)
+
+from sandbox.slack import WEBHOOK_PATH, SlackReceiver
+
+PAYLOAD = {
+    "text": "hello",
+    "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}],
+}
+
+
+def slack_config(**overrides: float) -> SlackConfig:
+    values: dict[str, float] = {
+        "timeout_seconds": 2.0,
+        "max_retries": 3,
+        "max_retry_wait_seconds": 30.0,
+        **overrides,
+    }
+    return SlackConfig(
+        webhook_env="SLACK_WEBHOOK_URL",
+        timeout_seconds=values["timeout_seconds"],
+        max_retries=int(values["max_retries"]),
+        max_retry_wait_seconds=values["max_retry_wait_seconds"],
+        webhook=None,
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+        self.results: list[str] = []
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def caplog_aegisops(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.DEBUG, logger="aegisops")
+    yield caplog
+
+
+def notifier(url: str, rec: Recorder, **overrides: float) -> SlackNotifier:
+    return SlackNotifier(
+        config=slack_config(**overrides),
+        webhook=Secret(url),
+        sleep=rec.sleeps.append,
+        on_result=rec.results.append,
+    )
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "aegisops.notify"]
+
+
+def assert_url_hidden(caplog: pytest.LogCaptureFixture, url: str) -> None:
+    assert WEBHOOK_PATH not in caplog.text
+    assert url not in caplog.text
+
+
+def test_a_message_is_posted_as_json_once(
+    slack: SlackReceiver, rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    assert notifier(slack.url, rec).send(PAYLOAD) is True
+    received = slack.received()
+    assert [(r.path, r.json, r.status) for r in received] == [(WEBHOOK_PATH, PAYLOAD, 200)]
+    assert received[0].headers["content-type"] == "application/json"
+    assert rec.sleeps == [] and rec.results == ["sent"]
+    assert lines(caplog_aegisops) == []
+
+
+def test_429_honours_retry_after(
+    slack: SlackReceiver, rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    slack.script(429, retry_after=2, times=2)
+    assert notifier(slack.url, rec).send(PAYLOAD) is True
+    assert [r.status for r in slack.received()] == [429, 429, 200]
+    assert slack.messages() == [PAYLOAD]
+    assert rec.sleeps == [2.0, 2.0]
+    assert rec.results == ["sent"]
+    assert lines(caplog_aegisops) == [
+        ("WARNING", "Slack answered HTTP 429 rate_limited; retrying in 2 s (attempt 2 of 4)"),
+        ("WARNING", "Slack answered HTTP 429 rate_limited; retrying in 2 s (attempt 3 of 4)"),
+    ]
+    assert_url_hidden(caplog_aegisops, slack.url)
+
+
+def test_5xx_backs_off_exponentially_then_gives_up(
+    slack: SlackReceiver, rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    slack.script(500, times=4)
+    assert notifier(slack.url, rec).send(PAYLOAD) is False
+    assert [r.status for r in slack.received()] == [500, 500, 500, 500]
+    assert rec.sleeps == [1.0, 2.0, 4.0]
+    assert rec.results == ["failed"]
+    assert lines(caplog_aegisops)[-1] == (
+        "ERROR",
+        "Slack answered HTTP 500 rollup_error; the message is dropped after 4 attempts",
+    )
+    assert_url_hidden(caplog_aegisops, slack.url)
+
+
+def test_total_wait_is_bounded(
+    slack: SlackReceiver, rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    slack.script(429, retry_after=20, times=3)
+    assert notifier(slack.url, rec, max_retry_wait_seconds=30).send(PAYLOAD) is False
+    assert [r.status for r in slack.received()] == [429, 429]
+    assert rec.sleeps == [20.0]
+    assert lines(caplog_aegisops)[-1] == (
+        "ERROR",
+        "Slack answered HTTP 429 rate_limited; the message is dropped: waiting 20 s more "
+        "would exceed the 30 s retry budget",
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "text"),
+    [
+        (400, "invalid_payload"),
+        (403, "action_prohibited"),
+        (404, "channel_not_found"),
+        (410, "channel_is_archived"),
+    ],
+)
+def test_permanent_errors_are_logged_once_and_not_retried(
+    slack: SlackReceiver,
+    rec: Recorder,
+    caplog_aegisops: pytest.LogCaptureFixture,
+    status: int,
+    text: str,
+) -> None:
+    slack.script(status, times=2)
+    assert notifier(slack.url, rec).send(PAYLOAD) is False
+    assert [r.status for r in slack.received()] == [status]
+    assert rec.sleeps == [] and rec.results == ["failed"]
+    assert lines(caplog_aegisops) == [
+        ("ERROR", f"Slack answered HTTP {status} {text}; the message is dropped (not retried)")
+    ]
+    assert_url_hidden(caplog_aegisops, slack.url)
+
+
+def test_no_retries_when_max_retries_is_zero(slack: SlackReceiver, rec: Recorder) -> None:
+    slack.script(500, times=1)
+    assert notifier(slack.url, rec, max_retries=0).send(PAYLOAD) is False
+    assert len(slack.received()) == 1 and rec.sleeps == []
+
+
+def test_network_errors_are_retried_and_never_show_the_url(
+    rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+    assert notifier(url, rec, max_retries=1).send(PAYLOAD) is False
+    assert rec.sleeps == [1.0]
+    assert lines(caplog_aegisops) == [
+        (
+            "WARNING",
+            "cannot reach Slack (ConnectionError); retrying in 1 s (attempt 2 of 2)",
+        ),
+        ("ERROR", "cannot reach Slack (ConnectionError); the message is dropped after 2 attempts"),
+    ]
+    assert_url_hidden(caplog_aegisops, url)
+    assert str(port) not in caplog_aegisops.text
+
+
+def test_a_silent_server_times_out(
+    rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    # The kernel completes the connection; nobody ever answers.
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}{WEBHOOK_PATH}"
+        sent = notifier(url, rec, max_retries=0, timeout_seconds=0.2).send(PAYLOAD)
+    assert sent is False
+    assert lines(caplog_aegisops) == [
+        ("ERROR", "Slack did not answer within 0.2 s; the message is dropped after 1 attempt")
+    ]
+    assert_url_hidden(caplog_aegisops, url)
+
+
+def test_without_a_webhook_slack_is_off_and_says_so_once(
+    rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    off = SlackNotifier(
+        config=slack_config(), webhook=None, sleep=rec.sleeps.append, on_result=rec.results.append
+    )
+    assert off.enabled is False
+    assert off.send(PAYLOAD) is False
+    assert off.send(PAYLOAD) is False
+    assert rec.results == ["disabled", "disabled"]
+    assert lines(caplog_aegisops) == [
+        ("WARNING", "Slack is off: SLACK_WEBHOOK_URL is not set; alerts go to the log only")
+    ]
+
+
+# --- messages ---------------------------------------------------------------------------
+
+METRICS = (
+    MetricLine(metric="rps", value=42.0, baseline=10.0, direction="up"),
+    MetricLine(metric="p95_latency_seconds", value=0.85, baseline=0.12, direction="up"),
+    MetricLine(metric="memory_bytes", value=150 * 2**20, baseline=148 * 2**20),
+)
+METRICS_TEXT = (
+    "*Metrics vs baseline*\n```"
+    "rps 42.00 req/s (baseline 10.00 req/s) ▲ up\n"
+    "p95_latency_seconds 850 ms (baseline 120 ms) ▲ up\n"
+    "memory_bytes 150.0 MiB (baseline 148.0 MiB)```"
+)
+
+
+def test_metric_lines_zip_values_baseline_and_directions() -> None:
+    assert (
+        metric_lines(
+            values={"rps": 42.0, "p95_latency_seconds": 0.85, "memory_bytes": 150 * 2**20},
+            baseline={"rps": 10.0, "p95_latency_seconds": 0.12, "memory_bytes": 148 * 2**20},
+            directions={"rps": "up", "p95_latency_seconds": "up"},
+        )
+        == METRICS
+    )
+
+
+def test_anomaly_message() -> None:
+    message = anomaly_message(
+        workload="aegisops/aegisops-app", score=0.87, threshold=0.5, metrics=METRICS, dry_run=False
+    )
+    assert message == {
+        "text": "AegisOps: Anomaly on aegisops/aegisops-app: score 0.87 (threshold 0.50)",
+        "blocks": [
+            {
+                "type": "header",
+                "text": {
+                    "type": "plain_text",
+                    "text": ":rotating_light: Anomaly on aegisops/aegisops-app",
+                    "emoji": True,
+                },
+            },
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": "*Workload*\n`aegisops/aegisops-app`"},
+                    {"type": "mrkdwn", "text": "*Anomaly score*\n0.87 (threshold 0.50)"},
+                ],
+            },
+            {"type": "section", "text": {"type": "mrkdwn", "text": METRICS_TEXT}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": "AegisOps"}]},
+        ],
+    }
+
+
+def test_action_message_in_dry_run_is_marked() -> None:
+    message = action_message(
+        workload="aegisops/aegisops-app",
+        action="scale_up",
+        replicas_before=1,
+        replicas_after=2,
+        reason="3 anomalous samples in a row; rps up, p95 up",
+        score=0.87,
+        threshold=0.5,
+        metrics=METRICS[:1],
+        dry_run=True,
+    )
+    assert message["text"] == (
+        "[DRY-RUN] AegisOps: aegisops/aegisops-app: would scale up 1 -> 2 replicas "
+        "(3 anomalous samples in a row; rps up, p95 up)"
+    )
+    assert message["blocks"][0]["text"]["text"] == (
+        "[DRY-RUN] :arrow_up: aegisops/aegisops-app: would scale up 1 -> 2 replicas"
+    )
+    assert message["blocks"][1]["fields"] == [
+        {"type": "mrkdwn", "text": "*Workload*\n`aegisops/aegisops-app`"},
+        {"type": "mrkdwn", "text": "*Action*\nscale_up (dry-run, not applied)"},
+        {"type": "mrkdwn", "text": "*Replicas*\n1 → 2"},
+        {"type": "mrkdwn", "text": "*Reason*\n3 anomalous samples in a row; rps up, p95 up"},
+        {"type": "mrkdwn", "text": "*Anomaly score*\n0.87 (threshold 0.50)"},
+    ]
+    assert message["blocks"][-1] == {
+        "type": "context",
+        "elements": [
+            {"type": "mrkdwn", "text": "*DRY-RUN*: nothing was changed in the cluster · AegisOps"}
+        ],
+    }
+
+
+def test_action_message_applied() -> None:
+    message = action_message(
+        workload="shop/api",
+        action="scale_up",
+        replicas_before=2,
+        replicas_after=3,
+        reason="p95 up",
+        score=None,
+        threshold=None,
+        metrics=(),
+        dry_run=False,
+    )
+    assert message["text"] == "AegisOps: shop/api: scaled up 2 -> 3 replicas (p95 up)"
+    assert [b["type"] for b in message["blocks"]] == ["header", "section", "context"]
+    assert message["blocks"][1]["fields"][1] == {
+        "type": "mrkdwn",
+        "text": "*Action*\nscale_up (applied)",
+    }
+
+
+def test_resolved_message() -> None:
+    message = resolved_message(
+        workload="shop/api", duration_seconds=305.4, replicas=3, metrics=(), dry_run=False
+    )
+    assert message == {
+        "text": "AegisOps: Resolved on shop/api after 5 min 5 s",
+        "blocks": [
+            {
+                "type": "header",
+                "text": {
+                    "type": "plain_text",
+                    "text": ":white_check_mark: Resolved on shop/api",
+                    "emoji": True,
+                },
+            },
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": "*Workload*\n`shop/api`"},
+                    {"type": "mrkdwn", "text": "*Lasted*\n5 min 5 s"},
+                    {"type": "mrkdwn", "text": "*Replicas*\n3"},
+                ],
+            },
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": "AegisOps"}]},
+        ],
+    }
+
+
+def test_built_messages_are_accepted_by_the_receiver(slack: SlackReceiver, rec: Recorder) -> None:
+    sender = notifier(slack.url, rec)
+    built = [
+        anomaly_message(workload="a/b", score=0.9, threshold=0.5, metrics=METRICS, dry_run=True),
+        resolved_message(
+            workload="a/b", duration_seconds=None, replicas=None, metrics=(), dry_run=False
+        ),
+    ]
+    assert [sender.send(m) for m in built] == [True, True]
+    assert slack.messages() == built
