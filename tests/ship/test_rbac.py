@@ -1,0 +1,137 @@
+"""RBAC is least privilege, provably: the Role grants exactly the engine's calls
+(docs/design.md), and running those calls as the engine's service account against the
+emulator, in RBAC mode loaded from kubernetes/rbac.yaml, uses every rule and is never
+denied. SelfSubjectAccessReviews (`aegisops check`) are granted to every authenticated
+user by system:basic-user in real clusters, so they are not in the Role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aegisops.config import KubernetesConfig
+from aegisops.kube import Forbidden, KubeClient
+from ship_helpers import APP, ENGINE, MANIFESTS, NAMESPACE, find, of_kind
+
+from sandbox.kubeapi import KubeAPIServer
+
+ENGINE_USER = f"system:serviceaccount:{NAMESPACE}:{ENGINE}"
+TOKEN = "engine-sa-token"
+RBAC_FILE = MANIFESTS / "rbac.yaml"
+
+# (apiGroup, resource) -> verbs: exactly the calls listed in docs/design.md.
+EXPECTED = {
+    ("apps", "deployments"): {"get", "patch"},
+    ("apps", "deployments/scale"): {"get", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"list"},
+}
+
+
+# -- the Role as written -----------------------------------------------------------------
+
+
+def test_role_is_namespaced_without_wildcards_and_grants_exactly_the_engine_calls() -> None:
+    assert not of_kind("ClusterRole") and not of_kind("ClusterRoleBinding")
+    role = find("Role", ENGINE)
+    assert role["metadata"]["namespace"] == NAMESPACE
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule  # no nonResourceURLs
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field] and all("*" not in v for v in rule[field]), rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == EXPECTED
+
+
+def test_binding_ties_the_role_to_the_service_account_the_engine_runs_as() -> None:
+    binding = find("RoleBinding", ENGINE)
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": ENGINE,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": ENGINE, "namespace": NAMESPACE}
+    ]
+    account = find("ServiceAccount", ENGINE)
+    assert account["metadata"]["namespace"] == NAMESPACE
+    pod = find("Deployment", ENGINE)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+# -- the Role in use ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def rbac_api() -> Iterator[KubeAPIServer]:
+    """The emulator in RBAC mode with kubernetes/rbac.yaml, the shipped app Deployment seeded."""
+    with KubeAPIServer(tls=True, tokens={TOKEN: ENGINE_USER}, rbac_files=[RBAC_FILE]) as api:
+        api.create(find("Namespace", NAMESPACE))
+        api.create(find("Deployment", APP))
+        yield api
+
+
+@pytest.fixture
+def engine_client(rbac_api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
+    """The engine's own Kubernetes client, authenticated in-cluster as its service account."""
+    sa_dir = tmp_path / "serviceaccount"
+    environ = rbac_api.incluster_files(sa_dir, token=TOKEN)
+    config = KubernetesConfig(
+        mode="incluster", kubeconfig=None, serviceaccount_dir=str(sa_dir), timeout_seconds=5
+    )
+    with KubeClient(config=config, environ=environ) as kube:
+        assert kube.auth.mode == "incluster"
+        yield kube
+
+
+def test_every_engine_call_is_allowed_and_every_role_rule_is_used(
+    rbac_api: KubeAPIServer, engine_client: KubeClient
+) -> None:
+    # One engine pass that acts: read, check for an HPA, record state, scale.
+    assert engine_client.hpa_targets(namespace=NAMESPACE) == set()
+    before = engine_client.get_scale(namespace=NAMESPACE, name=APP)
+    deployment = engine_client.get_deployment(namespace=NAMESPACE, name=APP)
+    engine_client.patch_annotations(
+        namespace=NAMESPACE,
+        name=APP,
+        annotations={"aegisops.dev/original-replicas": str(before.replicas)},
+        resource_version=deployment.resource_version,
+    )
+    after = engine_client.patch_scale(namespace=NAMESPACE, name=APP, replicas=before.replicas + 1)
+    assert after.replicas == before.replicas + 1
+
+    made = rbac_api.requests(user=ENGINE_USER)
+    assert {(e.verb, e.resource, e.subresource) for e in made} == {
+        ("list", "horizontalpodautoscalers", None),
+        ("get", "deployments", "scale"),
+        ("get", "deployments", None),
+        ("patch", "deployments", None),
+        ("patch", "deployments", "scale"),
+    }
+    assert [e for e in made if e.code >= 400] == []
+
+    usage = rbac_api.rbac_rule_usage()
+    role_rules = [r for r in usage if (r.kind, r.namespace, r.name) == ("Role", NAMESPACE, ENGINE)]
+    assert len(role_rules) == len(find("Role", ENGINE)["rules"])
+    unused = [str(rule) for rule in role_rules if not usage[rule]]
+    assert unused == [], f"rules no engine call needed: {unused}"
+
+
+def test_anything_beyond_the_role_is_denied(
+    rbac_api: KubeAPIServer, engine_client: KubeClient
+) -> None:
+    rbac_api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}})
+    other = dict(find("Deployment", APP), metadata={"name": APP, "namespace": "other"})
+    rbac_api.create(other)
+    with pytest.raises(Forbidden):
+        engine_client.get_scale(namespace="other", name=APP)
+    with pytest.raises(Forbidden):
+        engine_client.patch_scale(namespace="other", name=APP, replicas=3)
+    assert rbac_api.get("deployments", "other", APP)["spec"]["replicas"] == 1
+    denied = rbac_api.requests(user=ENGINE_USER, code=403)
+    assert {(e.verb, e.namespace) for e in denied} == {("get", "other"), ("patch", "other")}
