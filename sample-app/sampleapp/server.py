@@ -75,9 +75,10 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         if path == "/":
             code = app.work()
-            body = b"ok\n" if code == 200 else _error_body(code)
-            self._reply(code, body)
+            # Counted before the reply goes out: a client that has its answer can
+            # already see it in /metrics.
             app.record(method="GET", path="/", code=code, arrived=arrived)
+            self._reply(code, b"ok\n" if code == 200 else _error_body(code))
         elif path == "/healthz":
             self._reply(200, b"ok\n")
         elif path == "/metrics":
@@ -92,7 +93,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/fault":
             self._not_found(arrived)
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        raw_length = self.headers.get("Content-Length") or "0"
+        length = int(raw_length) if raw_length.isdigit() else -1
+        if length < 0:
+            self._reply_json(400, {"error": f"Content-Length: expected bytes, got {raw_length!r}"})
+            return
         if length > MAX_FAULT_BODY_BYTES:
             self._reply_json(413, {"error": f"body larger than {MAX_FAULT_BODY_BYTES} bytes"})
             return
@@ -104,8 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply_json(200, faults.to_json())
 
     def _not_found(self, arrived: float) -> None:
-        self._reply(404, b"not found\n")
         self.server.app.record(method=self.command, path="other", code=404, arrived=arrived)
+        self._reply(404, b"not found\n")
 
     def _reply_json(self, code: int, payload: object) -> None:
         body = (json.dumps(payload, sort_keys=True) + "\n").encode()
@@ -317,7 +322,12 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         return 1
     s = cli.settings
     if cli.port_file is not None:
-        write_port_file(cli.port_file, f"{app.port}\n")
+        try:
+            write_port_file(cli.port_file, f"{app.port}\n")
+        except OSError as exc:
+            log.error("cannot write the port file %s: %s", cli.port_file, exc)
+            app.stop()
+            return 1
     log.info(
         "listening on %s (workers=%d service_time=%.3fs jitter=%.2f seed=%d %s)",
         app.url,

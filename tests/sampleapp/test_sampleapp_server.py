@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -221,3 +222,35 @@ def test_console_script_env_config_and_sigint(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+def test_bad_content_length_gets_400(tmp_path: Path) -> None:
+    with running_app(tmp_path) as app:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=5) as sock:
+            sock.sendall(b"POST /fault HTTP/1.0\r\nContent-Length: -5\r\n\r\n")
+            reply = sock.makefile("rb").read()
+        assert reply.startswith(b"HTTP/1.0 400 Bad Request\r\n")
+        assert reply.endswith(b'\r\n\r\n{"error": "Content-Length: expected bytes, got \'-5\'"}\n')
+        app.stop()
+
+
+def test_port_in_use_and_unwritable_port_file_exit_1_without_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            app_command("--port", str(port)), capture_output=True, text=True, timeout=10
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.rstrip().endswith(
+        f"ERROR sampleapp cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use"
+    )
+    missing = tmp_path / "no-such-dir" / "port"
+    proc = subprocess.run(
+        app_command("--port", "0", "--port-file", str(missing)),
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"ERROR sampleapp cannot write the port file {missing}: [Errno 2]" in proc.stderr
