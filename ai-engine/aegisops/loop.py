@@ -1,0 +1,417 @@
+"""The loop: one pass = query, score, decide, act, report; `run_forever` repeats it.
+
+The engine holds, per target, a `WorkloadDetector` and a `PolicyState`; everything that
+must survive a restart (cooldown, original replicas) is read from and written to the
+Deployment's annotations through `KubeClient`. Kubernetes is called in proportion to
+actions, not passes: the Deployment is read when a workload is first seen (so a restarted
+engine knows its cooldown) and re-read, with its Scale and the namespace's HPAs, only when
+the policy wants to act. Acting writes the annotations first, with the resourceVersion
+precondition, then patches the scale: a crash in between leaves a recorded action that
+did not happen (no second action), never an action that was not recorded.
+
+Everything that goes wrong is caught and logged per pass and per workload; the loop
+never stops for a bad sample, a failed query or a refused API call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aegisops import notify
+from aegisops.detector import METRICS, Observation, WorkloadDetector
+from aegisops.kube import Conflict, Forbidden, KubeError, NotFound
+from aegisops.policy import (
+    ANNOTATION_KEYS,
+    Decision,
+    Memory,
+    PolicyState,
+    decide,
+    memory_from_annotations,
+    memory_to_annotations,
+)
+from aegisops.prometheus import PrometheusError, Sample
+
+if TYPE_CHECKING:
+    from aegisops.config import Config, Target
+    from aegisops.kube import KubeClient
+    from aegisops.notify import SlackNotifier
+    from aegisops.prometheus import PrometheusSource
+    from aegisops.selfmetrics import SelfMetrics
+
+log = logging.getLogger("aegisops.loop")
+ACTIONS = ("scale_up", "scale_down")
+
+
+@dataclass
+class Workload:
+    """One target's live state in this process."""
+
+    target: Target
+    detector: WorkloadDetector
+    state: PolicyState = field(default_factory=PolicyState)
+    memory: Memory | None = None  # None: not read from the cluster yet (or stale)
+    replicas: int | None = None
+    last_t: float = float("-inf")
+    last_observation: Observation | None = None
+
+
+@dataclass(frozen=True)
+class PassResult:
+    number: int
+    workloads: int
+    anomalies: int
+    actions: int
+    errors: int
+    seconds: float
+
+
+class Engine:
+    """The daemon's core. Every peer is passed in (fakes in tests, real edges in `cli`)."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        source: PrometheusSource,
+        kube: KubeClient,
+        notifier: SlackNotifier,
+        metrics: SelfMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.kube = kube
+        self.notifier = notifier
+        self.metrics = metrics
+        self.clock = clock
+        self.passes = 0
+        self.workloads = {
+            t.key: Workload(target=t, detector=WorkloadDetector(params=config.detector))
+            for t in config.targets
+        }
+
+    # -- start ---------------------------------------------------------------------------
+
+    def train_from_history(self, *, now: float) -> None:
+        """Learn the baseline from Prometheus history, so a restart needs no new learning."""
+        step = self.config.poll_interval_seconds
+        start = int(now - self.config.prometheus.history_lookback_seconds)
+        try:
+            history = self.source.history(start=start, end=int(now), step=step)
+        except PrometheusError as err:
+            log.warning("history unavailable, learning from live samples: %s", err)
+            return
+        needed = self.config.detector.baseline_samples
+        for key, workload in self.workloads.items():
+            past = history.get(key)
+            if past is None or len(past.timestamps) == 0:
+                log.info("%s: no history, learning from live samples (%d needed)", key, needed)
+                continue
+            gathered = workload.detector.fit_history(
+                timestamps=past.timestamps.tolist(), X=past.X.tolist()
+            )
+            workload.last_t = float(past.timestamps[-1])
+            state = "ready" if workload.detector.ready else "still learning"
+            log.info(
+                "%s: trained from history: %d of %d points usable, %s (baseline %d samples)",
+                key,
+                gathered,
+                len(past.timestamps),
+                state,
+                needed,
+            )
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def run_pass(self, now: float) -> PassResult:
+        """Query, score, decide, act, report. Never raises for a peer's failure."""
+        self.passes += 1
+        started = time.monotonic()
+        anomalies = actions = errors = 0
+        try:
+            sample: Sample | None = self.source.sample(now)
+        except PrometheusError as err:
+            log.error(
+                "pass %d: Prometheus query failed, no decisions this pass: %s", self.passes, err
+            )
+            self._count_error("prometheus")
+            sample, errors = None, 1
+        if sample is not None:
+            for key, workload in self.workloads.items():
+                try:
+                    decision = self._workload_pass(workload, sample=sample, now=now)
+                except Exception as err:  # one workload never stops the pass
+                    log.exception("%s: pass failed: %s", key, err)
+                    self._count_error("workload")
+                    errors += 1
+                    continue
+                anomalies += int(decision is not None and decision.anomaly)
+                actions += int(decision is not None and decision.action in ACTIONS)
+        result = PassResult(
+            number=self.passes,
+            workloads=len(self.workloads),
+            anomalies=anomalies,
+            actions=actions,
+            errors=errors,
+            seconds=time.monotonic() - started,
+        )
+        log.info(
+            "pass %d: %d workloads, %d anomalies, %d actions, %d errors in %.2fs",
+            result.number,
+            result.workloads,
+            result.anomalies,
+            result.actions,
+            result.errors,
+            result.seconds,
+        )
+        if self.metrics is not None:
+            self.metrics.pass_done(seconds=result.seconds, now=now)
+        return result
+
+    def _workload_pass(self, w: Workload, *, sample: Sample, now: float) -> Decision | None:
+        key = w.target.key
+        if now <= w.last_t:
+            return None  # already learned from history up to here
+        x = sample.values.get(key, np.full(len(METRICS), np.nan))
+        obs = w.detector.observe(t=now, x=x)
+        w.last_t = now
+        w.last_observation = obs
+        if w.memory is None:
+            self._remember(w)
+        replicas = w.replicas if w.replicas is not None else w.target.min_replicas
+        decision = decide(
+            state=w.state,
+            observation=obs,
+            now=now,
+            replicas=replicas,
+            memory=w.memory or Memory(),
+            limits=w.target.limits,
+            params=self.config.policy,
+        )
+        if decision.action in ACTIONS:
+            decision = self._act(w, first=decision, state=w.state, obs=obs, now=now)
+        w.state = decision.state
+        self._report(w, obs=obs, decision=decision, missing=sample.missing(key))
+        return decision
+
+    def _remember(self, w: Workload) -> None:
+        """Read the Deployment's annotations (Memory) and replicas; failures are logged."""
+        ns, name = w.target.namespace, w.target.deployment
+        try:
+            deployment = self.kube.get_deployment(namespace=ns, name=name)
+        except KubeError as err:
+            log.error("%s: cannot read the Deployment: %s", w.target.key, err)
+            self._count_error("kubernetes")
+            return
+        memory, problems = memory_from_annotations(deployment.annotations)
+        for problem in problems:
+            log.warning("%s: annotation %s", w.target.key, problem)
+        w.memory, w.replicas = memory, deployment.replicas
+        if self.metrics is not None:
+            self.metrics.replicas(key=w.target.key, replicas=deployment.replicas)
+
+    # -- acting --------------------------------------------------------------------------
+
+    def _act(
+        self, w: Workload, *, first: Decision, state: PolicyState, obs: Observation, now: float
+    ) -> Decision:
+        """Re-read the cluster, decide again on fresh facts (from the same prior state), apply."""
+        t, ns, name = w.target, w.target.namespace, w.target.deployment
+        try:
+            hpa_managed = name in self.kube.hpa_targets(namespace=ns)
+            deployment = self.kube.get_deployment(namespace=ns, name=name)
+            scale = self.kube.get_scale(namespace=ns, name=name)
+        except KubeError as err:
+            log.error("%s: not acting, cannot read the cluster: %s", t.key, err)
+            self._count_error("kubernetes")
+            w.memory = None
+            return _not_applied(first, why="cannot read the cluster")
+        memory, _ = memory_from_annotations(deployment.annotations)
+        w.memory, w.replicas = memory, scale.replicas
+        if self.metrics is not None:
+            self.metrics.replicas(key=t.key, replicas=scale.replicas)
+        decision = decide(
+            state=state,
+            observation=obs,
+            now=now,
+            replicas=scale.replicas,
+            memory=memory,
+            limits=t.limits,
+            params=self.config.policy,
+            hpa_managed=hpa_managed,
+        )
+        if decision.action not in ACTIONS:
+            return decision
+        if self.config.dry_run:
+            w.memory = decision.memory  # the cooldown holds in this process
+            self._action_done(w, obs=obs, decision=decision, result="dry_run")
+            return decision
+        result = self._apply(w, decision=decision, resource_version=deployment.resource_version)
+        if result != "applied":
+            return _not_applied(decision, why=result)
+        self._action_done(w, obs=obs, decision=decision, result=result)
+        return decision
+
+    def _apply(self, w: Workload, *, decision: Decision, resource_version: str) -> str:
+        """Annotations (with the precondition), then the scale. Returns the result label."""
+        ns, name, key = w.target.namespace, w.target.deployment, w.target.key
+        annotations: dict[str, str | None] = dict.fromkeys(ANNOTATION_KEYS)
+        annotations.update(memory_to_annotations(decision.memory))
+        try:
+            self.kube.patch_annotations(
+                namespace=ns, name=name, annotations=annotations, resource_version=resource_version
+            )
+            w.memory = decision.memory
+            self.kube.patch_scale(namespace=ns, name=name, replicas=decision.replicas_after)
+        except KubeError as err:
+            result = _result_of(err)
+            log.error(
+                "%s: %s %d->%d failed (%s): %s",
+                key,
+                decision.action,
+                decision.replicas_before,
+                decision.replicas_after,
+                result,
+                err,
+            )
+            if result == "conflict":
+                w.memory = None  # someone else wrote: re-read before the next decision
+            self._count_action(w, action=decision.action, result=result)
+            return result
+        w.replicas = decision.replicas_after
+        if self.metrics is not None:
+            self.metrics.replicas(key=key, replicas=decision.replicas_after)
+        return "applied"
+
+    def _action_done(
+        self, w: Workload, *, obs: Observation, decision: Decision, result: str
+    ) -> None:
+        self._count_action(w, action=decision.action, result=result)
+        payload = notify.action_message(
+            workload=w.target.key,
+            action=decision.action,
+            replicas_before=decision.replicas_before,
+            replicas_after=decision.replicas_after,
+            reason=decision.reason,
+            score=obs.score,
+            threshold=obs.threshold,
+            metrics=_metric_lines(obs),
+            dry_run=self.config.dry_run,
+        )
+        self.notifier.send(payload)
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _report(
+        self, w: Workload, *, obs: Observation, decision: Decision, missing: tuple[str, ...]
+    ) -> None:
+        key = w.target.key
+        dry = "**DRY-RUN** " if self.config.dry_run and decision.action in ACTIONS else ""
+        what: str = decision.action
+        if decision.action in ACTIONS:
+            what = f"{decision.action} {decision.replicas_before}->{decision.replicas_after}"
+        gaps = f"; no data for {', '.join(missing)}" if missing else ""
+        log.info(
+            "%s%s: %s; %s -> %s: %s%s",
+            dry,
+            key,
+            _seen(obs),
+            _score(obs),
+            what,
+            decision.reason,
+            gaps,
+        )
+        if self.metrics is not None:
+            self.metrics.observed(key=key, score=obs.score, anomaly=decision.anomaly)
+        if decision.confirmed:
+            self.notifier.send(
+                notify.anomaly_message(
+                    workload=key,
+                    score=obs.score if obs.score is not None else 0.0,
+                    threshold=obs.threshold,
+                    metrics=_metric_lines(obs),
+                    dry_run=self.config.dry_run,
+                )
+            )
+        if decision.resolved:
+            since = w.state.incident_since
+            self.notifier.send(
+                notify.resolved_message(
+                    workload=key,
+                    duration_seconds=None if since is None else obs.t - since,
+                    replicas=w.replicas,
+                    metrics=_metric_lines(obs),
+                    dry_run=self.config.dry_run,
+                )
+            )
+
+    def _count_action(self, w: Workload, *, action: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.action(key=w.target.key, action=action, result=result)
+
+    def _count_error(self, stage: str) -> None:
+        if self.metrics is not None:
+            self.metrics.pass_error(stage=stage)
+
+    # -- forever -------------------------------------------------------------------------
+
+    def run_forever(self, *, stop: threading.Event, max_passes: int | None = None) -> None:
+        """Train, then pass after pass until `stop` is set (SIGTERM finishes the pass)."""
+        self.train_from_history(now=self.clock())
+        while not stop.is_set():
+            began = time.monotonic()
+            self.run_pass(self.clock())
+            if max_passes is not None and self.passes >= max_passes:
+                return
+            stop.wait(max(0.0, self.config.poll_interval_seconds - (time.monotonic() - began)))
+
+
+def _not_applied(decision: Decision, *, why: str) -> Decision:
+    """The decision as it stands when the action could not be applied: nothing changed."""
+    return replace(
+        decision,
+        action="none",
+        replicas_after=decision.replicas_before,
+        reason=f"{decision.reason}; NOT applied ({why})",
+    )
+
+
+def _result_of(err: KubeError) -> str:
+    if isinstance(err, Conflict):
+        return "conflict"
+    if isinstance(err, Forbidden):
+        return "forbidden"
+    if isinstance(err, NotFound):
+        return "not_found"
+    return "error"
+
+
+def _seen(obs: Observation) -> str:
+    parts = []
+    for metric in METRICS:
+        value = obs.values.get(metric)
+        text = f"{metric}={notify.format_value(metric, value)}"
+        base = obs.baseline.get(metric)
+        if base is not None:
+            text += f" (baseline {notify.format_value(metric, base)})"
+        parts.append(text)
+    return " ".join(parts)
+
+
+def _score(obs: Observation) -> str:
+    if obs.score is None:
+        return f"{obs.status}, not scored"
+    return f"score {obs.score:.2f} vs threshold {obs.threshold:.2f}"
+
+
+def _metric_lines(obs: Observation) -> tuple[notify.MetricLine, ...]:
+    directions = {d.metric: d.direction for d in obs.deviations}
+    values: dict[str, Any] = {m: obs.values.get(m, float("nan")) for m in METRICS}
+    return notify.metric_lines(values=values, baseline=obs.baseline, directions=directions)
