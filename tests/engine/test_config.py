@@ -335,3 +335,12 @@ def test_defaults_are_the_pure_core_defaults() -> None:
     config = parse_config(minimal(), env={})
     assert config.detector == DetectorParams()
     assert config.policy == PolicyParams()
+
+
+def test_the_reference_documents_every_key_and_env_var() -> None:
+    reference = (EXAMPLE.parents[1] / "docs" / "configuration.md").read_text()
+    for env_name, path in env_keys().items():
+        assert f"| `{'.'.join(path)}` |" in reference, path
+        assert f"`{env_name}`" in reference, env_name
+    for key in ("namespace", "deployment", "min_replicas", "max_replicas", "scale_step"):
+        assert f"| `{key}` |" in reference, key
