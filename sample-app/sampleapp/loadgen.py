@@ -91,7 +91,7 @@ class LoadGenerator:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._finished = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="loadgen-dispatch")
+        self._thread = threading.Thread(target=self._run, name="loadgen-dispatch", daemon=True)
         self._started_at = 0.0
         self._profile = settings.profile
         self._epoch = 0.0

@@ -176,10 +176,9 @@ def test_in_flight_cap_drops_instead_of_queueing_and_stop_waits_for_in_flight(
         settings = LoadSettings(
             profile=Steady(rps=50), seed=5, duration_seconds=0.4, max_in_flight=2
         )
-        gen = LoadGenerator(settings=settings, targets=[app.url])
-        gen.start()
-        assert gen.wait(timeout=10)
-        stats = gen.stop()
+        with LoadGenerator(settings=settings, targets=[app.url]) as gen:
+            assert gen.wait(timeout=10)
+        stats = gen.stats()  # after stop: in-flight requests have finished
         assert (stats.sent, stats.ok, stats.in_flight) == (2, 2, 0)
         assert stats.dropped >= 5  # ~20 arrivals expected in 0.4 s
         assert stats.p50_seconds is not None and stats.p50_seconds >= 0.5
@@ -221,9 +220,8 @@ def test_no_target_and_max_requests_bound_the_run(tmp_path: Path) -> None:
         settings=LoadSettings(profile=Steady(rps=200), seed=1, max_requests=5),
         targets_file=missing,
     )
-    gen.start()
-    wait_for(lambda: gen.stats().no_target >= 3, what="arrivals with no target")
-    with running_app(tmp_path, "--service-time", "0.001") as app:
+    with gen, running_app(tmp_path, "--service-time", "0.001") as app:
+        wait_for(lambda: gen.stats().no_target >= 3, what="arrivals with no target")
         gen.set_targets([app.url])
         assert gen.wait(timeout=10)
         final = gen.stop()
