@@ -378,21 +378,33 @@ class WorkloadDetector:
         self._buffer = np.concatenate([self._buffer, x[normal]])[
             -self.params.max_training_samples :
         ]
-        for j, i in enumerate(idx.tolist()):
+        flagged = (np.abs(z) >= self.params.deviation_z).any(axis=1) | anomalous
+        rows = zip(
+            idx.tolist(),
+            t[idx].tolist(),
+            score.tolist(),
+            anomalous.tolist(),
+            raw.tolist(),
+            flagged.tolist(),
+            holes.any(axis=1).tolist(),
+            values[idx].tolist(),
+            strict=True,
+        )
+        for j, (i, ti, sj, aj, rj, fj, hj, vj) in enumerate(rows):
             out[i] = Observation(
-                t=float(t[i]),
+                t=ti,
                 status="scored",
-                score=float(score[j]),
-                anomalous=bool(anomalous[j]),
-                raw_score=float(raw[j]),
+                score=sj,
+                anomalous=aj,
+                raw_score=rj,
                 raw_threshold=model.raw_threshold,
                 z_threshold=model.z_threshold,
-                deviations=self._deviations(
-                    values=x[j], z=z[j], model=model, force=bool(anomalous[j])
-                ),
-                values=self._values(values[i]),
+                deviations=self._deviations(values=x[j], z=z[j], model=model, force=aj)
+                if fj
+                else (),
+                values=dict(zip(self.metrics, vj, strict=True)),
                 baseline=model.baseline,
-                imputed=tuple(m for m, hole in zip(self.metrics, holes[j], strict=True) if hole),
+                imputed=self._holes(holes[j]) if hj else (),
             )
         self._since_train += len(idx)
         if self._since_train >= self.params.retrain_every_samples:
@@ -421,6 +433,9 @@ class WorkloadDetector:
 
     def _values(self, row: np.ndarray) -> dict[str, float]:
         return dict(zip(self.metrics, row.tolist(), strict=True))
+
+    def _holes(self, row: np.ndarray) -> tuple[str, ...]:
+        return tuple(m for m, hole in zip(self.metrics, row.tolist(), strict=True) if hole)
 
     def _as_arrays(
         self,

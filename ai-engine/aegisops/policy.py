@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -78,7 +78,10 @@ class Memory:
 
 @dataclass(frozen=True, kw_only=True)
 class PolicyState:
-    """In-memory, per workload: the current streaks and whether an incident is open."""
+    """In-memory, per workload: the current streaks and whether an incident is open.
+
+    `normal_streak` counts up to consecutive_anomalies (all that resolving needs).
+    """
 
     anomalous_streak: int = 0
     normal_streak: int = 0
@@ -193,23 +196,24 @@ def decide(
     missing samples hold them (neither confirm nor break an incident).
     """
     new_state, confirmed, resolved = _advance(state, observation, now=now, params=params)
-    context = _Context(
-        observation=observation,
-        now=now,
-        replicas=replicas,
-        memory=memory,
-        limits=limits,
-        params=params,
-        hpa_managed=hpa_managed,
-        state=new_state,
-    )
-    if new_state.incident_open and observation.status == "scored" and observation.anomalous:
-        action, after, reason, new_memory = _on_incident(context, confirmed=confirmed)
-    elif resolved:
-        action, after, new_memory = "none", replicas, memory
-        reason = f"back to normal after {new_state.normal_streak} normal samples"
-    else:
-        action, after, reason, new_memory = _when_calm(context)
+    acting = new_state.incident_open and observation.status == "scored" and observation.anomalous
+    restoring = params.scale_down_after_seconds is not None and memory.original_replicas is not None
+    action: Action = "none"
+    after, reason, new_memory = replicas, "", memory
+    if acting or restoring:
+        context = _Context(
+            observation=observation,
+            now=now,
+            replicas=replicas,
+            memory=memory,
+            limits=limits,
+            params=params,
+            hpa_managed=hpa_managed,
+            state=new_state,
+        )
+        action, after, reason, new_memory = _weigh(context, confirmed=confirmed, acting=acting)
+    if not reason:  # nothing weighed up: say what was seen
+        reason = _status_reason(observation, new_state, params, resolved=resolved)
     return Decision(
         action=action,
         replicas_before=replicas,
@@ -248,33 +252,27 @@ def _advance(
     if obs.anomalous:
         streak = state.anomalous_streak + 1
         confirm = not state.incident_open and streak >= needed
-        return (
-            replace(
-                state,
-                anomalous_streak=streak,
-                normal_streak=0,
-                incident_open=state.incident_open or confirm,
-                incident_since=now if confirm else state.incident_since,
-                calm_since=None,
-            ),
-            confirm,
-            False,
+        next_state = PolicyState(
+            anomalous_streak=streak,
+            normal_streak=0,
+            incident_open=state.incident_open or confirm,
+            incident_since=now if confirm else state.incident_since,
+            calm_since=None,
         )
-    calm = state.normal_streak + 1
+        return next_state, confirm, False
+    if not state.incident_open and state.normal_streak >= needed and state.calm_since is not None:
+        return state, False, False  # settled calm: nothing changes (the common case)
+    calm = min(state.normal_streak + 1, needed)
     resolve = state.incident_open and calm >= needed
     still_open = state.incident_open and not resolve
-    return (
-        replace(
-            state,
-            anomalous_streak=0,
-            normal_streak=calm,
-            incident_open=still_open,
-            incident_since=state.incident_since if still_open else None,
-            calm_since=state.calm_since if state.calm_since is not None or still_open else now,
-        ),
-        False,
-        resolve,
+    next_state = PolicyState(
+        anomalous_streak=0,
+        normal_streak=calm,
+        incident_open=still_open,
+        incident_since=state.incident_since if still_open else None,
+        calm_since=state.calm_since if state.calm_since is not None or still_open else now,
     )
+    return next_state, False, resolve
 
 
 def _on_incident(ctx: _Context, *, confirmed: bool) -> _Outcome:
@@ -300,29 +298,31 @@ def _on_incident(ctx: _Context, *, confirmed: bool) -> _Outcome:
     )
 
 
-def _when_calm(ctx: _Context) -> _Outcome:
-    """No anomaly to act on: maybe restore the original replicas, else explain."""
-    obs, memory, replicas, params = ctx.observation, ctx.memory, ctx.replicas, ctx.params
-    target = (
-        None
-        if memory.original_replicas is None
-        else max(memory.original_replicas, ctx.limits.min_replicas)
+def _weigh(ctx: _Context, *, confirmed: bool, acting: bool) -> _Outcome:
+    if acting:
+        return _on_incident(ctx, confirmed=confirmed)
+    target = _restore_target(ctx)
+    if target is None:
+        return "none", ctx.replicas, "", ctx.memory
+    calm_for = ctx.now - (ctx.state.calm_since or ctx.now)
+    reason = f"calm for {calm_for:.0f}s; scale_down {ctx.replicas}->{target} (original replicas)"
+    return "scale_down", target, reason, _acted(ctx, "scale_down", target)
+
+
+def _restore_target(ctx: _Context) -> int | None:
+    """original-replicas, when scale-down is enabled and the workload has been calm long enough."""
+    params, memory, state = ctx.params, ctx.memory, ctx.state
+    if params.scale_down_after_seconds is None or memory.original_replicas is None:
+        return None
+    target = max(memory.original_replicas, ctx.limits.min_replicas)
+    calm = (
+        state.calm_since is not None
+        and ctx.now - state.calm_since >= params.scale_down_after_seconds
     )
-    calm_for = None if ctx.state.calm_since is None else ctx.now - ctx.state.calm_since
     cooling = memory.cooldown_until is not None and ctx.now < memory.cooldown_until
-    if (
-        params.scale_down_after_seconds is not None
-        and target is not None
-        and replicas > target
-        and calm_for is not None
-        and calm_for >= params.scale_down_after_seconds
-        and not cooling
-        and not ctx.hpa_managed
-        and not ctx.state.incident_open
-    ):
-        reason = f"calm for {calm_for:.0f}s; scale_down {replicas}->{target} (original replicas)"
-        return "scale_down", target, reason, _acted(ctx, "scale_down", target)
-    return "none", replicas, _status_reason(obs, ctx.state, params), memory
+    if ctx.replicas <= target or not calm or cooling or ctx.hpa_managed or state.incident_open:
+        return None
+    return target
 
 
 def _acted(ctx: _Context, action: Action, after: int) -> Memory:
@@ -339,7 +339,11 @@ def _acted(ctx: _Context, action: Action, after: int) -> Memory:
     )
 
 
-def _status_reason(obs: Observation, state: PolicyState, params: PolicyParams) -> str:
+def _status_reason(
+    obs: Observation, state: PolicyState, params: PolicyParams, *, resolved: bool
+) -> str:
+    if resolved:
+        return f"back to normal after {state.normal_streak} normal samples"
     if obs.status == "scored" and obs.anomalous:
         needed = params.consecutive_anomalies
         return f"{describe(obs)} ({state.anomalous_streak}/{needed} consecutive)"
