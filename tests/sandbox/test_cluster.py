@@ -1,0 +1,214 @@
+"""The sandbox kubelet: Deployments in the emulator become sample-app processes, over HTTP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from sandbox.cluster import ARGS_ANNOTATION, Kubelet, app_settings
+from sandbox.kubeapi import ADMIN_USER, KubeAPIServer
+from sandbox.procs import cmdline, pid_alive, wait_until
+from sandbox.world import AppSpec, app_deployment
+
+NS, NAME = "aegisops", "aegisops-app"
+STATUS_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}/status"
+Targets = list[tuple[str, dict[str, str]]]
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[KubeAPIServer]:
+    with KubeAPIServer(tls=True) as server:
+        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        yield server
+
+
+@pytest.fixture
+def api_client(api: KubeAPIServer, tmp_path: Path) -> Iterator[k8s.ApiClient]:
+    kubeconfig = api.write_kubeconfig(tmp_path / "admin.kubeconfig")
+    with k8s_config.new_client_from_config(config_file=str(kubeconfig)) as client:
+        yield client
+
+
+def _scale(client: k8s.ApiClient, replicas: int) -> None:
+    k8s.AppsV1Api(client).patch_namespaced_deployment_scale(
+        NAME, NS, {"spec": {"replicas": replicas}}, _content_type="application/merge-patch+json"
+    )
+
+
+def _status(api: KubeAPIServer) -> dict[str, Any]:
+    status: dict[str, Any] = api.get("deployments", NS, NAME).get("status", {})
+    return status
+
+
+def test_scale_up_and_down_runs_processes_writes_status_and_targets(
+    api: KubeAPIServer, api_client: k8s.ApiClient, tmp_path: Path
+) -> None:
+    api.create(app_deployment(spec=AppSpec(replicas=1, workers=2, service_time_seconds=0.05)))
+    published: list[Targets] = []
+    targets_file = tmp_path / "targets.txt"
+    kubelet = Kubelet(
+        api_client=api_client,
+        on_targets=lambda ns, name, targets: published.append(targets),
+        targets_file=targets_file,
+    )
+    with kubelet:
+        [first] = kubelet.replicas(namespace=NS, name=NAME)
+        assert requests.get(f"{first.url}/healthz", timeout=2).status_code == 200
+        assert cmdline(first.proc.pid).endswith("--workers 2 --service-time 0.05")
+        assert targets_file.read_text() == f"{first.url}\n"
+        assert published[-1] == [
+            (first.address, {"namespace": NS, "deployment": NAME, "pod": first.pod})
+        ]
+        one = {
+            "observedGeneration": 1,
+            "replicas": 1,
+            "updatedReplicas": 1,
+            "readyReplicas": 1,
+            "availableReplicas": 1,
+        }
+        assert _status(api) == one
+        [patch] = api.requests(verb="patch", subresource="status")
+        assert (patch.path, patch.user, patch.content_type, patch.body) == (
+            STATUS_PATH,
+            ADMIN_USER,
+            "application/merge-patch+json",
+            {"status": one},
+        )
+
+        _scale(api_client, 3)
+        wait_until(lambda: _status(api).get("readyReplicas") == 3, timeout=20, message="3 ready")
+        replicas = kubelet.replicas(namespace=NS, name=NAME)
+        assert replicas[0].pod == first.pod
+        assert len({r.port for r in replicas}) == 3
+        assert targets_file.read_text() == "".join(f"{r.url}\n" for r in replicas)
+        assert sorted(t[1]["pod"] for t in published[-1]) == sorted(r.pod for r in replicas)
+        assert _status(api)["observedGeneration"] == 2
+
+        _scale(api_client, 1)
+        wait_until(lambda: _status(api).get("readyReplicas") == 1, timeout=20, message="1 ready")
+        assert [r.pod for r in kubelet.replicas(namespace=NS, name=NAME)] == [first.pod]
+        assert [pid_alive(r.proc.pid) for r in replicas] == [True, False, False]
+        assert targets_file.read_text() == f"{first.url}\n"
+        all_pids = [r.proc.pid for r in replicas]
+    assert not any(pid_alive(pid) for pid in all_pids)
+    assert targets_file.read_text() == ""
+    assert published[-1] == []
+
+
+def test_scale_to_zero_omits_counts_like_kubernetes(
+    api: KubeAPIServer, api_client: k8s.ApiClient
+) -> None:
+    api.create(app_deployment(spec=AppSpec(replicas=1)))
+    with Kubelet(api_client=api_client) as kubelet:
+        _scale(api_client, 0)
+        wait_until(lambda: "replicas" not in _status(api), timeout=20, message="status emptied")
+        assert _status(api) == {"observedGeneration": 2}
+        assert kubelet.replicas(namespace=NS, name=NAME) == []
+
+
+def test_dead_replica_is_replaced(api: KubeAPIServer, api_client: k8s.ApiClient) -> None:
+    api.create(app_deployment(spec=AppSpec(replicas=1)))
+    with Kubelet(api_client=api_client, resync_seconds=0.5) as kubelet:
+        [first] = kubelet.replicas(namespace=NS, name=NAME)
+        os.kill(first.proc.pid, signal.SIGKILL)
+        [second] = wait_until(
+            lambda: [r for r in kubelet.replicas(namespace=NS, name=NAME) if r.pod != first.pod],
+            timeout=20,
+            message="a replacement replica",
+        )
+        assert requests.get(f"{second.url}/healthz", timeout=2).status_code == 200
+        assert second.proc.pid != first.proc.pid
+
+
+def test_deleted_deployment_stops_its_replicas(
+    api: KubeAPIServer, api_client: k8s.ApiClient, tmp_path: Path
+) -> None:
+    api.create(app_deployment(spec=AppSpec(replicas=2)))
+    targets_file = tmp_path / "targets.txt"
+    with Kubelet(api_client=api_client, targets_file=targets_file) as kubelet:
+        pids = kubelet.pids()
+        assert len(pids) == 2
+        k8s.AppsV1Api(api_client).delete_namespaced_deployment(NAME, NS)
+        wait_until(
+            lambda: not any(pid_alive(pid) for pid in pids), timeout=20, message="replicas stopped"
+        )
+        assert kubelet.pids() == []
+        assert targets_file.read_text() == ""
+
+
+def test_unmanaged_deployments_are_left_alone(
+    api: KubeAPIServer, api_client: k8s.ApiClient
+) -> None:
+    other = app_deployment(spec=AppSpec(replicas=1))
+    other["metadata"]["name"] = "other"
+    other["metadata"]["labels"] = {"app.kubernetes.io/name": "other"}
+    api.create(other)
+    with Kubelet(api_client=api_client) as kubelet:
+        assert kubelet.pids() == []
+    assert api.get("deployments", NS, "other")["status"] == {}
+    assert api.requests(verb="patch") == []
+
+
+def test_replica_that_cannot_start_is_reported_and_retried(
+    api: KubeAPIServer, api_client: k8s.ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = app_deployment(spec=AppSpec(replicas=1))
+    broken["metadata"]["annotations"] = {ARGS_ANNOTATION: "--workers 0"}
+    api.create(broken)
+    caplog.set_level(logging.ERROR, logger="sandbox.cluster")
+    with Kubelet(api_client=api_client, resync_seconds=0.3) as kubelet:
+        assert kubelet.pids() == []
+        wait_until(
+            lambda: len(caplog.records) >= 2, timeout=20, message="a retry after the failure"
+        )
+    first = caplog.records[0].getMessage()
+    assert first.startswith(f"{NS}/{NAME}: reconcile failed: pod {NAME}-")
+    assert "exited with code 2:" in first
+    assert first.endswith("aegisops-sample-app: error: argument --workers: must be >= 1, got 0")
+    assert _status(api) == {}
+
+
+def test_exception_inside_with_stops_every_process(
+    api: KubeAPIServer, api_client: k8s.ApiClient
+) -> None:
+    api.create(app_deployment(spec=AppSpec(replicas=2)))
+    pids: list[int] = []
+    with pytest.raises(RuntimeError, match="boom"), Kubelet(api_client=api_client) as kubelet:
+        pids = kubelet.pids()
+        raise RuntimeError("boom")
+    assert len(pids) == 2
+    assert not any(pid_alive(pid) for pid in pids)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("kubelet")] == []
+
+
+def test_app_settings_from_args_env_and_annotation(caplog: pytest.LogCaptureFixture) -> None:
+    deployment = app_deployment(spec=AppSpec(workers=4, service_time_seconds=0.02))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["args"] += ["--port", "9000", "--jitter=0.2"]
+    container["env"] = [
+        {"name": "APP_SEED", "value": "7"},
+        {"name": "APP_PORT", "value": "1"},
+        {"name": "OTHER", "value": "x"},
+        {"name": "APP_FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ]
+    deployment["metadata"]["annotations"] = {ARGS_ANNOTATION: "--workers 1 --error-rate=0.5"}
+    caplog.set_level(logging.WARNING, logger="sandbox.cluster")
+    flags, env = app_settings(deployment)
+    assert flags == [
+        "--workers", "4", "--service-time", "0.02", "--jitter", "0.2",
+        "--workers", "1", "--error-rate", "0.5",
+    ]  # fmt: skip
+    assert env == {"APP_SEED": "7"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring sample-app argument '--port' (not one the kubelet passes on)"
+    ]
