@@ -13,6 +13,7 @@ in, a payload with a `text` fallback and `blocks` out.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -65,10 +66,18 @@ class SlackNotifier:
         """Post `payload`; True when Slack answered 200. Never raises for HTTP trouble."""
         if self._webhook is None:
             return self._done(RESULT_DISABLED)
+        try:
+            body = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode()
+        except (TypeError, ValueError):
+            log.error(
+                "Slack message dropped: the payload is not valid JSON "
+                "(NaN, Infinity or a type JSON cannot hold)"
+            )
+            return self._done(RESULT_FAILED)
         waited = 0.0
         attempts = self.config.max_retries + 1
         for attempt in range(1, attempts + 1):
-            status, problem, retry_after = self._post(self._webhook, payload)
+            status, problem, retry_after = self._post(self._webhook, body)
             if 200 <= status < 300:
                 return self._done(RESULT_SENT)
             if status and not _retryable(status):
@@ -96,12 +105,13 @@ class SlackNotifier:
             waited += wait
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _post(self, webhook: Secret, payload: Mapping[str, Any]) -> tuple[int, str, float | None]:
+    def _post(self, webhook: Secret, body: bytes) -> tuple[int, str, float | None]:
         """(status, what happened, Retry-After seconds); status 0 for a network error."""
         try:
             response = self._session.post(
                 webhook.reveal(),
-                json=payload,
+                data=body,
+                headers={"Content-Type": "application/json; charset=utf-8"},
                 timeout=self.config.timeout_seconds,
                 allow_redirects=False,
             )

@@ -82,7 +82,7 @@ def test_a_message_is_posted_as_json_once(
     assert notifier(slack.url, rec).send(PAYLOAD) is True
     received = slack.received()
     assert [(r.path, r.json, r.status) for r in received] == [(WEBHOOK_PATH, PAYLOAD, 200)]
-    assert received[0].headers["content-type"] == "application/json"
+    assert received[0].headers["content-type"] == "application/json; charset=utf-8"
     assert rec.sleeps == [] and rec.results == ["sent"]
     assert lines(caplog_aegisops) == []
 
@@ -156,6 +156,20 @@ def test_permanent_errors_are_logged_once_and_not_retried(
         ("ERROR", f"Slack answered HTTP {status} {text}; the message is dropped (not retried)")
     ]
     assert_url_hidden(caplog_aegisops, slack.url)
+
+
+def test_a_payload_that_is_not_json_is_dropped_without_posting(
+    slack: SlackReceiver, rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    assert notifier(slack.url, rec).send({"text": "score", "score": float("nan")}) is False
+    assert slack.received() == [] and rec.results == ["failed"]
+    assert lines(caplog_aegisops) == [
+        (
+            "ERROR",
+            "Slack message dropped: the payload is not valid JSON "
+            "(NaN, Infinity or a type JSON cannot hold)",
+        )
+    ]
 
 
 def test_no_retries_when_max_retries_is_zero(slack: SlackReceiver, rec: Recorder) -> None:
