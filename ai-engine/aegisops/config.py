@@ -435,7 +435,8 @@ def _webhook(env_name: str, env: Mapping[str, str]) -> Secret | None:
     except ValueError:
         parts, host = None, ""
     local_http = parts is not None and parts.scheme == "http" and host in LOCAL_HOSTS
-    if parts is None or not host or (parts.scheme != "https" and not local_http):
+    spaced = any(c.isspace() for c in url)
+    if parts is None or not host or spaced or (parts.scheme != "https" and not local_http):
         raise ConfigError(
             f"the value of ${env_name} is not an https:// URL (the URL itself is not shown)",
             key="slack.webhook",

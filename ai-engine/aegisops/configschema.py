@@ -76,7 +76,7 @@ def from_env(text: str, spec: Field, *, key: str, env_name: str) -> Any:
         raise ConfigError(
             f"expected {KIND_NAMES[spec.kind]} in {env_name}, got {text!r}", key=key
         ) from None
-    return text
+    return value
 
 
 def _join(prefix: str, name: str) -> str:

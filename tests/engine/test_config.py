@@ -81,7 +81,7 @@ def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
 
 def test_env_overrides_win_over_the_file_and_are_typed() -> None:
     env = {
-        "AEGISOPS_PROMETHEUS_URL": "http://127.0.0.1:9999/",
+        "AEGISOPS_PROMETHEUS_URL": " http://127.0.0.1:9999/\n",
         "AEGISOPS_DRY_RUN": "true",
         "AEGISOPS_POLL_INTERVAL_SECONDS": "2",
         "AEGISOPS_LOG_FORMAT": "json",
@@ -289,6 +289,7 @@ def test_unset_or_empty_webhook_means_slack_off(value: str) -> None:
         "SECRETPART",
         "https:///SECRETPART",
         "http://[SECRETPART/",
+        "https://hooks.slack.com/services/T000/B000/SECRET PART",
     ],
 )
 def test_malformed_webhook_is_a_startup_error_without_the_url(url: str) -> None:
