@@ -20,12 +20,12 @@ from aegisops.configschema import (
     ConfigError,
     Field,
     Schema,
+    apply_env,
     check_section,
     count,
     describe,
-    from_env,
     positive,
-    suggest,
+    schema_env_keys,
 )
 from aegisops.detector import METRICS, DetectorParams
 from aegisops.policy import Limits, PolicyParams
@@ -331,53 +331,21 @@ def _params(cls: Callable[..., _P], values: dict[str, Any], *, key: str) -> _P:
 # --- environment overrides -----------------------------------------------------------
 
 
-def env_keys(schema: Schema = SCHEMA, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+def env_keys() -> dict[str, tuple[str, ...]]:
     """`AEGISOPS_PROMETHEUS_URL` -> ("prometheus", "url") for every scalar key."""
-    keys: dict[str, tuple[str, ...]] = {}
-    for name, spec in schema.items():
-        path = (*prefix, name)
-        if isinstance(spec, Field):
-            keys[ENV_PREFIX + "_".join(path).upper()] = path
-        else:
-            keys.update(env_keys(spec, path))
-    return keys
-
-
-_ENV_KEYS = env_keys()
+    return schema_env_keys(SCHEMA, ENV_PREFIX)
 
 
 def _apply_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    merged: dict[str, Any] = _copy_sections(raw)
     slack = raw.get("slack")
-    webhook_vars = {env.get("AEGISOPS_SLACK_WEBHOOK_ENV")}
-    webhook_vars.add(slack.get("webhook_env") if isinstance(slack, dict) else None)
-    for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_KEYS or name in webhook_vars:
-            continue
-        path = _ENV_KEYS.get(name)
-        if path is None:
-            hint = suggest(name, _ENV_KEYS)
-            raise ConfigError(f"unknown environment override{hint}", key=name)
-        spec = _field_at(path)
-        node = merged
-        for part in path[:-1]:
-            child = node.get(part)
-            node[part] = child = dict(child) if isinstance(child, dict) else {}
-            node = child
-        node[path[-1]] = from_env(env[name], spec, key=".".join(path), env_name=name)
-    return merged
-
-
-def _copy_sections(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _copy_sections(v) if isinstance(v, dict) else v for k, v in raw.items()}
-
-
-def _field_at(path: tuple[str, ...]) -> Field:
-    node: Any = SCHEMA
-    for part in path:
-        node = node[part]
-    assert isinstance(node, Field)
-    return node
+    skip = set(ENV_NOT_KEYS)
+    for name in (
+        env.get("AEGISOPS_SLACK_WEBHOOK_ENV"),
+        slack.get("webhook_env") if isinstance(slack, dict) else None,
+    ):
+        if name:
+            skip.add(name)  # the webhook's own variable may carry our prefix
+    return apply_env(raw, env, schema=SCHEMA, prefix=ENV_PREFIX, skip=frozenset(skip))
 
 
 # --- validation ----------------------------------------------------------------------

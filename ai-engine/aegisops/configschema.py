@@ -79,6 +79,53 @@ def from_env(text: str, spec: Field, *, key: str, env_name: str) -> Any:
     return value
 
 
+def schema_env_keys(
+    schema: Schema, env_prefix: str, path: tuple[str, ...] = ()
+) -> dict[str, tuple[str, ...]]:
+    """Environment variable name -> key path, for every scalar key of `schema`."""
+    keys: dict[str, tuple[str, ...]] = {}
+    for name, spec in schema.items():
+        here = (*path, name)
+        if isinstance(spec, Field):
+            keys[env_prefix + "_".join(here).upper()] = here
+        else:
+            keys.update(schema_env_keys(spec, env_prefix, here))
+    return keys
+
+
+def apply_env(
+    raw: Mapping[str, Any],
+    env: Mapping[str, str],
+    *,
+    schema: Schema,
+    prefix: str,
+    skip: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """A copy of `raw` with every `<prefix>...` variable of `env` applied (typed)."""
+    keys = schema_env_keys(schema, prefix)
+    merged = _copy_sections(raw)
+    for name in sorted(env):
+        if not name.startswith(prefix) or name in skip:
+            continue
+        path = keys.get(name)
+        if path is None:
+            raise ConfigError(f"unknown environment override{suggest(name, keys)}", key=name)
+        spec: Any = schema
+        for part in path:
+            spec = spec[part]
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[path[-1]] = from_env(env[name], spec, key=".".join(path), env_name=name)
+    return merged
+
+
+def _copy_sections(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _copy_sections(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
