@@ -112,7 +112,9 @@ class Engine:
         for key, workload in self.workloads.items():
             past = history.get(key)
             if past is None or len(past.timestamps) == 0:
-                log.info("%s: no history, learning from live samples (%d needed)", key, needed)
+                log.info(
+                    "no history, learning from live samples (%d needed)", needed, extra=_on(key)
+                )
                 continue
             gathered = workload.detector.fit_history(
                 timestamps=past.timestamps.tolist(), X=past.X.tolist()
@@ -120,12 +122,12 @@ class Engine:
             workload.last_t = float(past.timestamps[-1])
             state = "ready" if workload.detector.ready else "still learning"
             log.info(
-                "%s: trained from history: %d of %d points usable, %s (baseline %d samples)",
-                key,
+                "trained from history: %d of %d points usable, %s (baseline %d samples)",
                 gathered,
                 len(past.timestamps),
                 state,
                 needed,
+                extra=_on(key),
             )
 
     # -- one pass ------------------------------------------------------------------------
@@ -148,7 +150,7 @@ class Engine:
                 try:
                     decision = self._workload_pass(workload, sample=sample, now=now)
                 except Exception as err:  # one workload never stops the pass
-                    log.exception("%s: pass failed: %s", key, err)
+                    log.exception("pass failed: %s", err, extra=_on(key))
                     self._count_error("workload")
                     errors += 1
                     continue
@@ -172,7 +174,8 @@ class Engine:
             result.seconds,
         )
         if self.metrics is not None:
-            self.metrics.pass_done(seconds=result.seconds, now=now)
+            self.metrics.pass_done(duration_seconds=result.seconds)
+            self.metrics.heartbeat(now)
         return result
 
     def _workload_pass(self, w: Workload, *, sample: Sample, now: float) -> Decision | None:
@@ -207,15 +210,13 @@ class Engine:
         try:
             deployment = self.kube.get_deployment(namespace=ns, name=name)
         except KubeError as err:
-            log.error("%s: cannot read the Deployment: %s", w.target.key, err)
+            log.error("cannot read the Deployment: %s", err, extra=_on(w.target.key))
             self._count_error("kubernetes")
             return
         memory, problems = memory_from_annotations(deployment.annotations)
         for problem in problems:
-            log.warning("%s: annotation %s", w.target.key, problem)
+            log.warning("annotation %s", problem, extra=_on(w.target.key))
         w.memory, w.replicas = memory, deployment.replicas
-        if self.metrics is not None:
-            self.metrics.replicas(key=w.target.key, replicas=deployment.replicas)
 
     # -- acting --------------------------------------------------------------------------
 
@@ -229,14 +230,12 @@ class Engine:
             deployment = self.kube.get_deployment(namespace=ns, name=name)
             scale = self.kube.get_scale(namespace=ns, name=name)
         except KubeError as err:
-            log.error("%s: not acting, cannot read the cluster: %s", t.key, err)
+            log.error("not acting, cannot read the cluster: %s", err, extra=_on(t.key))
             self._count_error("kubernetes")
             w.memory = None
             return _not_applied(first, why="cannot read the cluster")
         memory, _ = memory_from_annotations(deployment.annotations)
         w.memory, w.replicas = memory, scale.replicas
-        if self.metrics is not None:
-            self.metrics.replicas(key=t.key, replicas=scale.replicas)
         decision = decide(
             state=state,
             observation=obs,
@@ -273,21 +272,19 @@ class Engine:
         except KubeError as err:
             result = _result_of(err)
             log.error(
-                "%s: %s %d->%d failed (%s): %s",
-                key,
+                "%s %d->%d failed (%s): %s",
                 decision.action,
                 decision.replicas_before,
                 decision.replicas_after,
                 result,
                 err,
+                extra=_on(key, action=decision.action, result=result),
             )
             if result == "conflict":
                 w.memory = None  # someone else wrote: re-read before the next decision
             self._count_action(w, action=decision.action, result=result)
             return result
         w.replicas = decision.replicas_after
-        if self.metrics is not None:
-            self.metrics.replicas(key=key, replicas=decision.replicas_after)
         return "applied"
 
     def _action_done(
@@ -319,17 +316,25 @@ class Engine:
             what = f"{decision.action} {decision.replicas_before}->{decision.replicas_after}"
         gaps = f"; no data for {', '.join(missing)}" if missing else ""
         log.info(
-            "%s%s: %s; %s -> %s: %s%s",
+            "%s%s; %s -> %s: %s%s",
             dry,
-            key,
             _seen(obs),
             _score(obs),
             what,
             decision.reason,
             gaps,
+            extra=_on(
+                key,
+                action=decision.action,
+                score=obs.score,
+                anomaly=decision.anomaly,
+                dry_run=self.config.dry_run,
+            ),
         )
         if self.metrics is not None:
-            self.metrics.observed(key=key, score=obs.score, anomaly=decision.anomaly)
+            self.metrics.workload(
+                key, score=obs.score, anomaly=decision.anomaly, replicas=w.replicas
+            )
         if decision.confirmed:
             self.notifier.send(
                 notify.anomaly_message(
@@ -354,7 +359,7 @@ class Engine:
 
     def _count_action(self, w: Workload, *, action: str, result: str) -> None:
         if self.metrics is not None:
-            self.metrics.action(key=w.target.key, action=action, result=result)
+            self.metrics.action(w.target.key, action=action, result=result)
 
     def _count_error(self, stage: str) -> None:
         if self.metrics is not None:
@@ -371,6 +376,11 @@ class Engine:
             if max_passes is not None and self.passes >= max_passes:
                 return
             stop.wait(max(0.0, self.config.poll_interval_seconds - (time.monotonic() - began)))
+
+
+def _on(key: str, **fields: Any) -> dict[str, Any]:
+    """`extra=` for a log record about one workload (text shows it, json gets the fields)."""
+    return {"workload": key, **fields}
 
 
 def _not_applied(decision: Decision, *, why: str) -> Decision:

@@ -1,0 +1,337 @@
+"""`aegisops run | check | backtest`: build the one Config in main() and wire the edges.
+
+Bad input never gives a traceback: one line naming what is wrong, exit code 2. In the
+cluster (a health port configured and no `--once`), an invalid config does not crash-loop
+the pod: the engine stays up, /readyz answers 503 with the reason (logged once), and the
+file is read again every few seconds until it is fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aegisops import __version__
+from aegisops.backtest import BacktestError, run_backtest
+from aegisops.config import Config, ConfigError, load_config
+from aegisops.kube import KubeClient, KubeError
+from aegisops.logs import setup_logging
+from aegisops.loop import Engine
+from aegisops.notify import SlackNotifier
+from aegisops.prometheus import PrometheusSource
+from aegisops.selfmetrics import HealthServer, SelfMetrics, stale_after
+
+log = logging.getLogger("aegisops")
+DEFAULT_CONFIG = "/etc/aegisops/config.yaml"
+CONFIG_RECHECK_SECONDS = 2.0
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# (verb, group, resource, subresource): every call the engine makes (docs/design.md).
+KUBE_CALLS = (
+    ("get", "apps", "deployments", ""),
+    ("patch", "apps", "deployments", ""),
+    ("get", "apps", "deployments", "scale"),
+    ("patch", "apps", "deployments", "scale"),
+    ("list", "autoscaling", "horizontalpodautoscalers", ""),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aegisops",
+        description="Watch workloads via Prometheus, detect anomalies, scale, tell Slack.",
+    )
+    parser.add_argument("--version", action="version", version=f"aegisops {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    config_help = f"config file (default: $AEGISOPS_CONFIG or {DEFAULT_CONFIG})"
+
+    run = commands.add_parser("run", help="run the daemon", description="Run the daemon.")
+    run.add_argument("--config", metavar="FILE", help=config_help)
+    run.add_argument("--once", action="store_true", help="one pass, then exit (1 on errors)")
+    run.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
+    run.add_argument("--log-format", choices=("text", "json"), help="default: log.format")
+
+    check = commands.add_parser(
+        "check",
+        help="check config, Prometheus, Kubernetes permissions, Slack",
+        description="Print a short checklist; exit 0 when everything needed is in place.",
+    )
+    check.add_argument("--config", metavar="FILE", help=config_help)
+
+    backtest = commands.add_parser(
+        "backtest",
+        help="replay detector + policy over CSV",
+        description="Replay the detector and policy offline over a CSV file or directory.",
+    )
+    backtest.add_argument("--input", required=True, metavar="CSV|DIR")
+    backtest.add_argument("--output", required=True, metavar="CSV|DIR")
+    backtest.add_argument("--config", metavar="FILE", help="detector/policy settings")
+    backtest.add_argument("--replicas", type=int, default=1, help="starting replicas (1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    environ = dict(os.environ if env is None else env)
+    try:
+        if args.command == "run":
+            return cmd_run(args, env=environ)
+        if args.command == "check":
+            return cmd_check(args, env=environ)
+        return cmd_backtest(args, env=environ)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def config_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
+    return Path(args.config or env.get("AEGISOPS_CONFIG") or DEFAULT_CONFIG)
+
+
+def fail(message: str, *, code: int = EXIT_USAGE) -> int:
+    print(f"aegisops: {message}", file=sys.stderr)
+    return code
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
+    path = config_path(args, env)
+    early = env.get("AEGISOPS_LOG_FORMAT", "text")
+    setup_logging(format=args.log_format or (early if early in ("text", "json") else "text"))
+    stop = threading.Event()
+    _on_signals(stop)
+    try:
+        config = load_config(path, env=env)
+    except ConfigError as err:
+        port = fallback_port(path, env) if not args.once else 0
+        if port <= 0:
+            return fail(f"invalid config {path}: {err}")
+        config_or_none = wait_for_valid_config(path, env=env, port=port, stop=stop, first=err)
+        if config_or_none is None:
+            return EXIT_OK
+        config = config_or_none
+    if args.dry_run:
+        config = dataclasses.replace(config, dry_run=True)
+    setup_logging(format=args.log_format or config.log.format, level=config.log.level)
+    log.info(
+        "aegisops %s starting with config %s: %s",
+        __version__,
+        path,
+        json.dumps(config.describe(), sort_keys=True, default=str),
+    )
+    return serve(config, env=env, once=args.once, stop=stop)
+
+
+def serve(config: Config, *, env: Mapping[str, str], once: bool, stop: threading.Event) -> int:
+    """Wire the edges, then one pass (`--once`) or passes until SIGTERM/SIGINT."""
+    metrics = SelfMetrics(stale_after_seconds=stale_after(config.poll_interval_seconds))
+    health = HealthServer(port=config.server.port, metrics=metrics)
+    if config.server.port > 0 and not once:
+        try:
+            health.start()
+        except OSError as err:
+            return fail(str(err))
+    try:
+        kube = KubeClient(config=config.kubernetes, environ=env)
+    except KubeError as err:
+        health.stop()
+        return fail(str(err), code=EXIT_FAILED)
+    log.info(
+        "kubernetes: %s auth against %s (%s)", kube.auth.mode, kube.auth.host, kube.auth.source
+    )
+    source = PrometheusSource(config=config.prometheus, targets=[t.key for t in config.targets])
+    notifier = SlackNotifier(
+        config=config.slack, webhook=config.slack.webhook, on_result=metrics.slack_message
+    )
+    engine = Engine(config=config, source=source, kube=kube, notifier=notifier, metrics=metrics)
+    try:
+        metrics.set_ready(True)
+        if once:
+            now = time.time()
+            engine.train_from_history(now=now)
+            return EXIT_FAILED if engine.run_pass(now).errors else EXIT_OK
+        engine.run_forever(stop=stop)
+        log.info("stopping after %d passes", engine.passes)
+        return EXIT_OK
+    finally:
+        health.stop()
+        source.close()
+        kube.close()
+        notifier.close()
+
+
+def fallback_port(path: Path, env: Mapping[str, str]) -> int:
+    """The health port to stay up on when the config is invalid; 0: exit instead.
+
+    AEGISOPS_SERVER_PORT, else `server.port` if the file still says it, else the default
+    8080 only inside a pod (KUBERNETES_SERVICE_HOST set): at a terminal, exit with the error.
+    """
+    raw = env.get("AEGISOPS_SERVER_PORT")
+    if raw is not None:
+        return int(raw) if raw.strip().isdigit() else 0
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        port = data["server"]["port"]
+        if isinstance(port, int) and not isinstance(port, bool):
+            return port
+    except Exception:  # unreadable or broken: fall through to the in-cluster default
+        pass
+    return 8080 if env.get("KUBERNETES_SERVICE_HOST") else 0
+
+
+def wait_for_valid_config(
+    path: Path, *, env: Mapping[str, str], port: int, stop: threading.Event, first: ConfigError
+) -> Config | None:
+    """Stay alive and not ready, re-reading `path`, until it is valid (or we are stopped)."""
+    metrics = SelfMetrics(stale_after_seconds=stale_after(CONFIG_RECHECK_SECONDS))
+    reason = f"invalid config {path}: {first}"
+    log.error("%s; not ready, re-checking every %gs", reason, CONFIG_RECHECK_SECONDS)
+    metrics.set_ready(False, reason)
+    with HealthServer(port=port, metrics=metrics):
+        while not stop.wait(CONFIG_RECHECK_SECONDS):
+            metrics.heartbeat(time.time())
+            try:
+                config = load_config(path, env=env)
+            except ConfigError as err:
+                now_reason = f"invalid config {path}: {err}"
+                if now_reason != reason:
+                    reason = now_reason
+                    log.error("%s; still not ready", reason)
+                    metrics.set_ready(False, reason)
+                continue
+            log.info("config %s is valid now; starting", path)
+            return config
+    return None
+
+
+def _on_signals(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT: finish the current pass, then exit 0."""
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("received %s, finishing the current pass", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+# -- check -------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
+    path = config_path(args, env)
+    setup_logging(format="text", level="warning")
+    try:
+        config = load_config(path, env=env)
+    except ConfigError as err:
+        _line(False, f"config {path}: {err}")
+        return EXIT_FAILED
+    _line(
+        True,
+        f"config {path}: {len(config.targets)} target(s), "
+        f"poll every {config.poll_interval_seconds:g}s",
+    )
+    results = [_check_prometheus(config), _check_kubernetes(config, env=env)]
+    if config.slack.webhook is None:
+        _line(None, f"slack: off (${config.slack.webhook_env} not set); alerts go to the log")
+    else:
+        _line(True, f"slack: webhook from ${config.slack.webhook_env}")
+    return EXIT_OK if all(results) else EXIT_FAILED
+
+
+def _line(ok: bool | None, text: str) -> None:
+    mark = {True: "[ok]  ", False: "[FAIL]", None: "[--]  "}[ok]
+    print(f"{mark} {text}")
+
+
+def _check_prometheus(config: Config) -> bool:
+    keys = [t.key for t in config.targets]
+    with PrometheusSource(config=config.prometheus, targets=keys) as source:
+        checks = source.check(now=time.time())
+    for item in checks:
+        _line(item.ok, f"prometheus {item.name}: {item.detail}")
+    return bool(checks) and all(item.ok for item in checks)
+
+
+def _check_kubernetes(config: Config, *, env: Mapping[str, str]) -> bool:
+    try:
+        kube = KubeClient(config=config.kubernetes, environ=env)
+    except KubeError as err:
+        _line(False, f"kubernetes: {err}")
+        return False
+    ok = True
+    with kube:
+        _line(True, f"kubernetes: {kube.auth.mode} auth against {kube.auth.host}")
+        for namespace in sorted({t.namespace for t in config.targets}):
+            for verb, group, resource, sub in KUBE_CALLS:
+                what = f"{verb} {resource}{'/' + sub if sub else ''} in {namespace}"
+                probe = partial(
+                    kube.can_i,
+                    verb=verb,
+                    group=group,
+                    resource=resource,
+                    subresource=sub,
+                    namespace=namespace,
+                )
+                ok &= _try(what, probe)
+        for target in config.targets:
+            exists = partial(_exists, kube, target.namespace, target.deployment)
+            ok &= _try(f"deployment {target.key} exists", exists)
+    return ok
+
+
+def _exists(kube: KubeClient, namespace: str, name: str) -> bool:
+    kube.get_deployment(namespace=namespace, name=name)
+    return True
+
+
+def _try(what: str, probe: Callable[[], bool]) -> bool:
+    try:
+        allowed = probe()
+    except KubeError as err:
+        _line(False, f"kubernetes {what}: {err}")
+        return False
+    _line(allowed, f"kubernetes {what}" + ("" if allowed else ": not allowed"))
+    return allowed
+
+
+# -- backtest ----------------------------------------------------------------------------
+
+
+def cmd_backtest(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
+    setup_logging(format="text", level="warning")
+    config = None
+    if args.config:
+        try:
+            config = load_config(Path(args.config), env=env)
+        except ConfigError as err:
+            return fail(f"invalid config {args.config}: {err}")
+    try:
+        summary = run_backtest(
+            input_path=args.input, output_path=args.output, config=config, replicas=args.replicas
+        )
+    except BacktestError as err:
+        return fail(f"backtest: {err}")
+    print(
+        f"backtest: {summary.files} file(s), {summary.rows} rows, {summary.scored} scored, "
+        f"{summary.incidents} incidents, {summary.actions} actions -> {args.output}"
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
