@@ -144,15 +144,19 @@ class PrometheusSource:
         return {key: _align([column.get(key, {}) for column in columns]) for key in self.targets}
 
     def check(self, *, now: float) -> list[Check]:
-        """Prometheus reachable, and each query returns a series for each target."""
+        """Prometheus reachable, and each query returns a series for each target.
+
+        The first line is reachability; when Prometheus cannot be reached it is the only one.
+        """
+        reachable = Check(name="prometheus", ok=True, detail=f"reachable at {self.config.url}")
         checks: list[Check] = []
         for metric, promql in self.config.queries.in_order():
             try:
                 found = self._instant(metric, promql, now)
-            except PrometheusError as err:
+            except PrometheusUnavailable as err:
+                return [Check(name="prometheus", ok=False, detail=str(err))]
+            except PrometheusBadResponse as err:
                 checks.append(Check(name=f"query {metric}", ok=False, detail=str(err)))
-                if isinstance(err, PrometheusUnavailable):
-                    break
                 continue
             missing = [key for key in self.targets if key not in found]
             nan = [key for key in self.targets if key in found and not math.isfinite(found[key])]
@@ -162,7 +166,7 @@ class PrometheusSource:
             if nan:
                 detail += "; no value right now (NaN: no traffic?) for " + ", ".join(nan)
             checks.append(Check(name=f"query {metric}", ok=not missing, detail=detail))
-        return checks
+        return [reachable, *checks]
 
     # -- HTTP ----------------------------------------------------------------------------
 

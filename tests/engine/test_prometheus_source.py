@@ -140,6 +140,7 @@ def test_check_lists_each_query_and_the_targets_without_series(
     with PrometheusSource(config=prom_config(backfilled.url), targets=[A, B, GHOST]) as source:
         checks = source.check(now=float(END))
     assert checks == [
+        Check(name="prometheus", ok=True, detail=f"reachable at {backfilled.url}"),
         Check(name="query rps", ok=False, detail="2 series; no series for aegisops/ghost"),
         Check(
             name="query p95_latency_seconds",
@@ -371,6 +372,25 @@ def test_nothing_listening_is_unavailable() -> None:
     assert str(info.value) == f"query_range rps: cannot connect to Prometheus at {url}"
 
 
+def test_check_reports_a_bad_query_and_goes_on(fake: Fake) -> None:
+    fake.answer(400, {"status": "error", "errorType": "bad_data", "error": "unknown function"})
+    fake.answer(200, vector(({"namespace": "ns", "deployment": "a"}, "0.2")))
+    fake.answer(200, vector(({"namespace": "ns", "deployment": "a"}, "1e8")))
+    with PrometheusSource(config=prom_config(fake.url), targets=["ns/a"]) as source:
+        checks = source.check(now=1700000000.0)
+    assert checks == [
+        Check(name="prometheus", ok=True, detail=f"reachable at {fake.url}"),
+        Check(
+            name="query rps",
+            ok=False,
+            detail=f"query rps: Prometheus at {fake.url} answered HTTP 400 "
+            "(bad_data: unknown function)",
+        ),
+        Check(name="query p95_latency_seconds", ok=True, detail="1 series"),
+        Check(name="query memory_bytes", ok=True, detail="1 series"),
+    ]
+
+
 def test_check_reports_an_unreachable_prometheus_once() -> None:
     with socket.create_server(("127.0.0.1", 0)) as sock:
         port = sock.getsockname()[1]
@@ -379,6 +399,6 @@ def test_check_reports_an_unreachable_prometheus_once() -> None:
         checks = source.check(now=1700000000.0)
     assert checks == [
         Check(
-            name="query rps", ok=False, detail=f"query rps: cannot connect to Prometheus at {url}"
+            name="prometheus", ok=False, detail=f"query rps: cannot connect to Prometheus at {url}"
         )
     ]
