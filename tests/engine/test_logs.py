@@ -135,7 +135,7 @@ def test_setup_logging_installs_one_handler_and_writes_lines() -> None:
 )
 def test_setup_logging_rejects_bad_settings(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError) as info:
-        setup_logging(**kwargs)  # type: ignore[arg-type]
+        setup_logging(**kwargs)
     assert str(info.value) == message
 
 
