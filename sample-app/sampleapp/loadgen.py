@@ -140,7 +140,9 @@ class LoadGenerator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def stats(self) -> LoadStats:
+    def stats(self, *, since: int | None = None) -> LoadStats:
+        """Counts so far; with `since` (an earlier `stats().responses`), also the
+        percentiles of the responses timed after it."""
         with self._lock:
             profile, epoch = self._profile, self._epoch
         now = self._clock()
@@ -149,6 +151,7 @@ class LoadGenerator:
             profile=profile.kind,
             rate=profile.rate_at(now - epoch) if self._started_at else 0.0,
             targets=len(self._targets.current()),
+            since=since,
         )
 
     # -- dispatcher ----------------------------------------------------------------
@@ -162,12 +165,15 @@ class LoadGenerator:
 
     def _run(self) -> None:
         next_report = self._started_at + self.settings.report_interval_seconds
+        mark = 0
         try:
             while not self._stop.is_set() and not self._bounds_reached():
                 self._targets.refresh()
                 now = self._clock()
                 if self.settings.report_interval_seconds > 0 and now >= next_report:
-                    self._report(self.stats().line())
+                    current = self.stats(since=mark)
+                    self._report(current.line_with_recent())
+                    mark = current.responses
                     next_report = now + self.settings.report_interval_seconds
                 self._wake.clear()
                 due = self._next_due()

@@ -24,9 +24,12 @@ class LoadStats:
     dropped: int  # not sent: the in-flight cap was reached
     no_target: int  # not sent: no target known at that moment
     in_flight: int
-    p50_seconds: float | None
+    p50_seconds: float | None  # whole run (last LATENCY_WINDOW responses)
     p95_seconds: float | None
     per_target: Mapping[str, int] = field(default_factory=dict)
+    responses: int = 0  # responses timed so far; pass as `since` for a recent window
+    recent_p50_seconds: float | None = None  # responses after `since` (None: not asked)
+    recent_p95_seconds: float | None = None
 
     def line(self) -> str:
         return (
@@ -35,6 +38,13 @@ class LoadStats:
             f" errors={self.errors} timeouts={self.timeouts} dropped={self.dropped}"
             f" no_target={self.no_target} in_flight={self.in_flight}"
             f" p50={_seconds(self.p50_seconds)} p95={_seconds(self.p95_seconds)}"
+        )
+
+    def line_with_recent(self) -> str:
+        """`line()` plus the percentiles of the responses since the previous line."""
+        return (
+            f"{self.line()} recent_p50={_seconds(self.recent_p50_seconds)}"
+            f" recent_p95={_seconds(self.recent_p95_seconds)}"
         )
 
 
@@ -58,6 +68,7 @@ class StatsRecorder:
         self._tally: Counter[str] = Counter()
         self._per_target: Counter[str] = Counter()
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._responses = 0
 
     def count(self, what: str) -> None:
         with self._lock:
@@ -76,6 +87,7 @@ class StatsRecorder:
             self._tally[outcome] += 1
             if latency is not None:
                 self._latencies.append(latency)
+                self._responses += 1
             if self._tally["in_flight"] == 0:
                 self._lock.notify_all()
 
@@ -92,11 +104,18 @@ class StatsRecorder:
         with self._lock:
             return self._tally["in_flight"]
 
-    def snapshot(self, *, elapsed: float, profile: str, rate: float, targets: int) -> LoadStats:
+    def snapshot(
+        self, *, elapsed: float, profile: str, rate: float, targets: int, since: int | None = None
+    ) -> LoadStats:
         with self._lock:
             tally = dict(self._tally)
-            latencies = sorted(self._latencies)
+            responses = self._responses
+            window = list(self._latencies)
             per_target = dict(self._per_target)
+        recent = None
+        if since is not None:
+            recent = sorted(window[len(window) - min(len(window), responses - since) :])
+        latencies = sorted(window)
         return LoadStats(
             elapsed_seconds=elapsed,
             profile=profile,
@@ -112,4 +131,7 @@ class StatsRecorder:
             p50_seconds=nearest_rank(latencies, 0.50),
             p95_seconds=nearest_rank(latencies, 0.95),
             per_target=per_target,
+            responses=responses,
+            recent_p50_seconds=None if recent is None else nearest_rank(recent, 0.50),
+            recent_p95_seconds=None if recent is None else nearest_rank(recent, 0.95),
         )

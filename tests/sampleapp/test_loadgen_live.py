@@ -45,7 +45,8 @@ def test_cli_bounded_run_spreads_over_replicas_and_matches_the_apps_counters(
         assert proc.returncode == 0, proc.stderr
         lines = proc.stdout.splitlines()
         assert lines[0].startswith("loadgen start profile=Steady(rps=50.0) seed=11 duration=2.0s")
-        assert any(line.startswith("loadgen t=1.0s profile=steady") for line in lines)
+        periodic = [line for line in lines if line.startswith("loadgen t=1.0s profile=steady")]
+        assert len(periodic) == 1 and " recent_p95=0." in periodic[0], lines
         match = FINAL.fullmatch(lines[-1])
         assert match, lines[-1]
         sent, ok = int(match[1]), int(match[2])
