@@ -49,6 +49,8 @@ bench: install
 # Regenerate the image's locked dependencies from ai-engine/pyproject.toml.
 lock: install
 	cd ai-engine && ../$(BIN)/pip-compile --quiet --strip-extras --no-header \
+	  --generate-hashes --allow-unsafe --build-deps-for=wheel \
+	  --no-emit-index-url --no-emit-find-links \
 	  --output-file requirements.lock pyproject.toml
 
 clean:
