@@ -48,6 +48,8 @@ class DetectorParams:
     """A step longer than gap_factor x the typical step restarts the cold start."""
     deviation_z: float = 3.0
     """|robust z| at or above which a metric is reported as deviating."""
+    learn_score_below: float = 0.75
+    """Scored samples up to this anomaly score are learned (clear anomalies never are)."""
 
     def __post_init__(self) -> None:
         problems = _param_problems(self)
@@ -72,6 +74,10 @@ def _param_problems(p: DetectorParams) -> list[str]:
         ),
         (p.gap_factor > 1, f"gap_factor must be > 1, got {p.gap_factor}"),
         (p.deviation_z > 0, f"deviation_z must be > 0, got {p.deviation_z}"),
+        (
+            SCORE_THRESHOLD <= p.learn_score_below <= 1,
+            f"learn_score_below must be in [0.5, 1], got {p.learn_score_below}",
+        ),
     ]
     return [message for ok, message in checks if not ok]
 
@@ -182,14 +188,17 @@ def _train(X: np.ndarray, *, params: DetectorParams, metrics: Sequence[str]) -> 
     held_raw = np.concatenate(
         [-forests[1].score_samples(halves[0]), -forests[0].score_samples(halves[1])]
     )
-    stats = (_robust(halves[0]), _robust(halves[1]))
+    recent = X[-params.baseline_samples :]  # the baseline for robust z: the latest normal data
+    recent = recent[len(recent) % 2 :]
+    pair = (recent[0::2], recent[1::2])
+    stats = (_robust(pair[0]), _robust(pair[1]))
     held_z = np.concatenate(
         [
-            (np.abs(halves[0] - stats[1][0]) / stats[1][1]).max(axis=1),
-            (np.abs(halves[1] - stats[0][0]) / stats[0][1]).max(axis=1),
+            (np.abs(pair[0] - stats[1][0]) / stats[1][1]).max(axis=1),
+            (np.abs(pair[1] - stats[0][0]) / stats[0][1]).max(axis=1),
         ]
     )
-    median, scale = _robust(X)
+    median, scale = _robust(recent)
     q = params.threshold_quantile
     return _Model(
         forests=forests,
@@ -374,7 +383,7 @@ class WorkloadDetector:
         x = np.where(holes, model.median, x)
         score, raw, z = model.scores(x)
         anomalous = score > SCORE_THRESHOLD
-        normal = ~anomalous & ~holes.any(axis=1)
+        normal = (score <= self.params.learn_score_below) & ~holes.any(axis=1)
         self._buffer = np.concatenate([self._buffer, x[normal]])[
             -self.params.max_training_samples :
         ]

@@ -136,7 +136,14 @@ def test_empty_cells_are_missing_values(tmp_path: Path) -> None:
 def test_config_supplies_params_and_the_first_targets_limits(tmp_path: Path) -> None:
     config = parse_config(
         {
-            "detector": {**PARAMS.__dict__},
+            "detector": {
+                "baseline_samples": 60,
+                "cold_start_seconds": 30,
+                "n_estimators": 30,
+                "max_samples": 64,
+                "retrain_every_samples": 50,
+                "max_training_samples": 300,
+            },
             "policy": {"consecutive_anomalies": 3, "cooldown_seconds": 150},
             "targets": [{"namespace": "shop", "deployment": "web", "max_replicas": 2}],
         },
