@@ -10,6 +10,7 @@ import subprocess
 import tomllib
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -283,6 +284,14 @@ def test_networkpolicy_limits_engine_egress_to_dns_prometheus_apiserver_and_http
     assert namespaces(egress[frozenset({(9090, "TCP")})]) == {"monitoring"}
     (ingress,) = policy["ingress"]
     assert ports(ingress) == {(8080, "TCP")} and namespaces(ingress) == {"monitoring"}
+
+    # The peers the shipped config names are the ones the policy lets through.
+    config = yaml.safe_load(engine_config_text())
+    prometheus = urlsplit(config["prometheus"]["url"])
+    service, namespace = prometheus.hostname.split(".")[:2]
+    assert (namespace, prometheus.port) == ("monitoring", 9090), service
+    container_port = engine_container()["ports"][0]["containerPort"]
+    assert config["server"]["port"] == container_port == 8080
 
 
 def test_loadgen_job_targets_the_app_service_by_dns_name() -> None:
