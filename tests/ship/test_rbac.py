@@ -7,15 +7,19 @@ user by system:basic-user in real clusters, so they are not in the Role.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from aegisops.config import KubernetesConfig
 from aegisops.kube import Forbidden, KubeClient
-from ship_helpers import APP, ENGINE, MANIFESTS, NAMESPACE, find, of_kind
+from ship_helpers import APP, BIN, ENGINE, MANIFESTS, NAMESPACE, engine_config_text, find, of_kind
 
 from sandbox.kubeapi import KubeAPIServer
+from sandbox.prometheus import PrometheusServer
 
 ENGINE_USER = f"system:serviceaccount:{NAMESPACE}:{ENGINE}"
 TOKEN = "engine-sa-token"
@@ -135,3 +139,29 @@ def test_anything_beyond_the_role_is_denied(
     assert rbac_api.get("deployments", "other", APP)["spec"]["replicas"] == 1
     denied = rbac_api.requests(user=ENGINE_USER, code=403)
     assert {(e.verb, e.namespace) for e in denied} == {("get", "other"), ("patch", "other")}
+
+
+def test_aegisops_check_finds_every_permission_it_needs(
+    rbac_api: KubeAPIServer, tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    """`aegisops check` in the pod: its permission checklist (SelfSubjectAccessReviews,
+    allowed to every authenticated user) is all green with exactly this Role."""
+    sa_dir = tmp_path / "serviceaccount"
+    env = {"PATH": os.environ["PATH"], **rbac_api.incluster_files(sa_dir, token=TOKEN)}
+    config = yaml.safe_load(engine_config_text())
+    config["prometheus"]["url"] = prometheus.url  # up, but has no series: those lines fail
+    config["kubernetes"]["serviceaccount_dir"] = str(sa_dir)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [str(BIN / "aegisops"), "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    kube_lines = [line for line in done.stdout.splitlines() if " kubernetes" in line]
+    assert len(kube_lines) == 1 + 5 + 1, done.stdout  # auth, the five calls, the target
+    assert all(line.startswith("[ok]") for line in kube_lines), done.stdout
+    assert rbac_api.requests(user=ENGINE_USER, code=403) == []
