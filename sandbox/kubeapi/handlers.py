@@ -212,9 +212,10 @@ class Handlers:
                 self._check_identity(req, rt, desired)
                 merged = objects.merge_main(rt, current, desired)
                 objects.validate(rt, merged)
-            return self._finish(rt, merged)
+            return merged
 
-        return self.store.update(rt, self._ns(req, rt), req.info.name or "", mutate)
+        finish = lambda obj: self._finish(rt, obj)  # noqa: E731
+        return self.store.update(rt, self._ns(req, rt), req.info.name or "", mutate, finish)
 
     def _update(self, req: Request, rt: ResourceType) -> Response:
         body = self._body_object(req)

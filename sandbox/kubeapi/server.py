@@ -236,11 +236,10 @@ class KubeAPIServer:
         rt = resolve(resource)
         ns = (namespace or "") if rt.namespaced else ""
 
-        def mutate(current: Obj) -> Obj:
-            out = patch.merge_patch(current, merge)
-            return objects.auto_status(out) if self.auto_status and rt.kind == "Deployment" else out
+        def finish(obj: Obj) -> Obj:
+            return objects.auto_status(obj) if self.auto_status and rt.kind == "Deployment" else obj
 
-        return self.store.update(rt, ns, name, mutate)
+        return self.store.update(rt, ns, name, lambda cur: patch.merge_patch(cur, merge), finish)
 
     def delete(self, resource: str, namespace: str | None, name: str) -> Obj:
         rt = resolve(resource)

@@ -124,6 +124,7 @@ class Store:
         namespace: str,
         name: str,
         mutate: Callable[[Obj], Obj],
+        finish: Callable[[Obj], Obj] | None = None,
     ) -> Obj:
         """Atomic read-modify-write. `mutate` gets a copy of the current object and returns
         the desired one; a non-empty metadata.resourceVersion in it is a precondition."""
@@ -146,6 +147,8 @@ class Store:
             if "generation" in old_meta:
                 changed = desired.get("spec") != current.get("spec")
                 meta["generation"] = old_meta["generation"] + (1 if changed else 0)
+            if finish is not None:  # e.g. status derived from the final spec and generation
+                desired = finish(desired)
             if _strip_volatile(desired) == _strip_volatile(current):
                 return copy.deepcopy(current)  # a write that changes nothing keeps the RV
             return self._write(rt, namespace, name, desired, "MODIFIED")

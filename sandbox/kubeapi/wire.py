@@ -315,21 +315,28 @@ class KubeHTTPServer(ThreadingHTTPServer):
         self._conns_lock = threading.Lock()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        raw = request
+        raw, conn = request, request
         with self._conns_lock:
             self._conns.add(raw)
         try:
             if self.ssl_context is not None:
                 try:
-                    request.settimeout(10)
-                    request = self.ssl_context.wrap_socket(request, server_side=True)
-                    request.settimeout(None)
+                    raw.settimeout(10)
+                    conn = self.ssl_context.wrap_socket(raw, server_side=True)
+                    conn.settimeout(None)
                 except (ssl.SSLError, OSError):
                     return
-            _Handler(request, client_address, self)
+                with self._conns_lock:  # the raw socket's descriptor now belongs to conn
+                    self._conns.discard(raw)
+                    self._conns.add(conn)
+            _Handler(conn, client_address, self)
         finally:
             with self._conns_lock:
                 self._conns.discard(raw)
+                self._conns.discard(conn)
+            if conn is not raw:
+                with contextlib.suppress(OSError):
+                    conn.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         return  # client went away mid-request; nothing to report
