@@ -10,7 +10,6 @@ No I/O, no clock reads, no globals: time is passed in as Unix seconds.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -59,27 +58,27 @@ class DetectorParams:
 
 def _param_problems(p: DetectorParams) -> list[str]:
     checks = [
-        (p.baseline_samples >= 8, f"baseline_samples must be >= 8, got {p.baseline_samples}"),
+        (p.baseline_samples >= 8, "baseline_samples must be >= 8"),
         (p.cold_start_seconds >= 0, "cold_start_seconds must be >= 0"),
         (p.idle_rps_below >= 0, "idle_rps_below must be >= 0"),
-        (p.n_estimators >= 2, f"n_estimators must be >= 2, got {p.n_estimators}"),
-        (p.max_samples >= 2, f"max_samples must be >= 2, got {p.max_samples}"),
-        (p.seed >= 0, f"seed must be >= 0, got {p.seed}"),
+        (p.n_estimators >= 2, "n_estimators must be >= 2"),
+        (p.max_samples >= 2, "max_samples must be >= 2"),
+        (p.seed >= 0, "seed must be >= 0"),
         (0 < p.threshold_quantile < 1, "threshold_quantile must be in (0, 1)"),
         (p.retrain_every_samples >= 1, "retrain_every_samples must be >= 1"),
         (
             p.max_training_samples >= p.baseline_samples,
-            f"max_training_samples ({p.max_training_samples}) must be >= "
-            f"baseline_samples ({p.baseline_samples})",
+            "max_training_samples must be >= baseline_samples",
         ),
-        (p.gap_factor > 1, f"gap_factor must be > 1, got {p.gap_factor}"),
-        (p.deviation_z > 0, f"deviation_z must be > 0, got {p.deviation_z}"),
-        (
-            SCORE_THRESHOLD <= p.learn_score_below <= 1,
-            f"learn_score_below must be in [0.5, 1], got {p.learn_score_below}",
-        ),
+        (p.gap_factor > 1, "gap_factor must be > 1"),
+        (p.deviation_z > 0, "deviation_z must be > 0"),
+        (SCORE_THRESHOLD <= p.learn_score_below <= 1, "learn_score_below must be in [0.5, 1]"),
     ]
-    return [message for ok, message in checks if not ok]
+    return [f"{message}, got {_got(p, message)}" for ok, message in checks if not ok]
+
+
+def _got(p: DetectorParams, message: str) -> object:
+    return getattr(p, message.split()[0])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,13 +188,12 @@ def _train(X: np.ndarray, *, params: DetectorParams, metrics: Sequence[str]) -> 
         [-forests[1].score_samples(halves[0]), -forests[0].score_samples(halves[1])]
     )
     recent = X[-params.baseline_samples :]  # the baseline for robust z: the latest normal data
-    recent = recent[len(recent) % 2 :]
     pair = (recent[0::2], recent[1::2])
-    stats = (_robust(pair[0]), _robust(pair[1]))
+    (med_a, scale_a), (med_b, scale_b) = _robust(pair[0]), _robust(pair[1])
     held_z = np.concatenate(
         [
-            (np.abs(pair[0] - stats[1][0]) / stats[1][1]).max(axis=1),
-            (np.abs(pair[1] - stats[0][0]) / stats[0][1]).max(axis=1),
+            np.abs((pair[0] - med_b) / scale_b).max(axis=1),
+            np.abs((pair[1] - med_a) / scale_a).max(axis=1),
         ]
     )
     median, scale = _robust(recent)
@@ -270,9 +268,8 @@ class WorkloadDetector:
 
     `observe` (one sample, the daemon) and `observe_batch` (many, the backtest) run
     the same causal code: feeding rows one at a time or in chunks of any size gives
-    identical observations. A sample is used for training only when it is usable
-    (not missing, not in a cold start, not idle), complete, and, once the model
-    exists, not anomalous.
+    identical observations. A sample is learned only when it is usable (not missing,
+    cold or idle), complete, and, once scored, at most `learn_score_below`.
     """
 
     def __init__(self, *, params: DetectorParams, metrics: Sequence[str] = METRICS) -> None:
@@ -337,24 +334,31 @@ class WorkloadDetector:
             missing, "missing", np.where(cold, "cold_start", np.where(idle, "idle", ""))
         )
         batch = _Batch(t=t, values=values, partial=partial, out=[None] * len(t))
-        baselines = _Baselines(self._model)
         usable = np.flatnonzero(status == "")
-        u = 0
+        done = u = 0  # rows before `done` have their observation
         while u < len(usable):
-            step = self._learn if self._model is None else self._score
-            u = step(batch, usable=usable, u=u)
-            baselines.add(int(usable[u - 1]) + 1, self._model)
-        out = batch.out
-        for i in np.flatnonzero(status != ""):
-            out[i] = Observation(
-                t=float(t[i]),
+            model = self._model
+            u = (self._learn if model is None else self._score)(batch, usable=usable, u=u)
+            end = int(usable[u - 1]) + 1
+            self._unscored(batch, status=status, rows=range(done, end), model=model)
+            done = end
+        self._unscored(batch, status=status, rows=range(done, len(t)), model=self._model)
+        observations = [o for o in batch.out if o is not None]
+        assert len(observations) == len(t), "every row gets an observation"
+        return observations
+
+    def _unscored(
+        self, batch: _Batch, *, status: np.ndarray, rows: range, model: _Model | None
+    ) -> None:
+        """Observations for the missing/cold/idle rows in `rows`, under `model`'s baseline."""
+        baseline = model.baseline if model else {}
+        for i in np.flatnonzero(status[rows.start : rows.stop] != "") + rows.start:
+            batch.out[i] = Observation(
+                t=float(batch.t[i]),
                 status=str(status[i]),  # type: ignore[arg-type]
-                values=self._values(values[i]),
-                baseline=baselines.at(int(i)),
+                values=self._values(batch.values[i]),
+                baseline=baseline,
             )
-        done = [o for o in out if o is not None]
-        assert len(done) == len(out), "every row gets an observation"
-        return done
 
     def _learn(self, batch: _Batch, *, usable: np.ndarray, u: int) -> int:
         """Gather baseline samples from usable[u:]; train once there are enough."""
@@ -476,18 +480,3 @@ class _Batch:
     values: np.ndarray
     partial: np.ndarray
     out: list[Observation | None]
-
-
-class _Baselines:
-    """Which model's medians applied at each row of a batch (for unscored rows)."""
-
-    def __init__(self, model: _Model | None) -> None:
-        self._starts = [0]
-        self._maps: list[Mapping[str, float]] = [model.baseline if model else {}]
-
-    def add(self, start: int, model: _Model | None) -> None:
-        self._starts.append(start)
-        self._maps.append(model.baseline if model else {})
-
-    def at(self, row: int) -> Mapping[str, float]:
-        return self._maps[bisect_right(self._starts, row) - 1]

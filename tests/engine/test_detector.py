@@ -271,10 +271,14 @@ def test_time_must_move_forward_across_calls() -> None:
 def test_bad_params_and_metrics_are_named() -> None:
     with pytest.raises(ValueError, match=r"baseline_samples must be >= 8, got 2"):
         DetectorParams(baseline_samples=2)
-    with pytest.raises(ValueError, match=r"max_training_samples \(100\) must be >= baseline"):
+    with pytest.raises(
+        ValueError, match="max_training_samples must be >= baseline_samples, got 100"
+    ):
         DetectorParams(baseline_samples=240, max_training_samples=100)
     with pytest.raises(ValueError, match="threshold_quantile"):
         DetectorParams(threshold_quantile=1.0)
+    with pytest.raises(ValueError, match=r"learn_score_below must be in \[0.5, 1\], got 0.3"):
+        DetectorParams(learn_score_below=0.3)
     with pytest.raises(ValueError, match="distinct"):
         WorkloadDetector(params=FAST, metrics=("rps", "rps"))
     assert WorkloadDetector(params=FAST).metrics == METRICS
