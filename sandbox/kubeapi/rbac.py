@@ -54,6 +54,8 @@ class Decision:
 
 def user_groups(user: str) -> tuple[str, ...]:
     """The groups kube's authenticator gives a user (service accounts get theirs)."""
+    if user == "system:anonymous":
+        return ("system:unauthenticated",)
     groups = ["system:authenticated"]
     parts = user.split(":")
     if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:

@@ -21,6 +21,7 @@ from sandbox.kubeapi.handlers import Handlers, Request, Response
 from sandbox.kubeapi.rbac import Attributes, Authorizer, user_groups
 from sandbox.kubeapi.routing import RequestInfo, parse
 
+ANONYMOUS = "system:anonymous"
 _PUBLIC_PATHS = ("/healthz", "/readyz", "/livez", "/version")
 _BODY_VERBS = ("POST", "PUT", "PATCH")
 
@@ -67,7 +68,12 @@ class App:
         self.log = log
 
     def authenticate(self, header: str | None) -> str | None:
-        scheme, _, token = (header or "").partition(" ")
+        """The user for a bearer token; no credentials at all -> system:anonymous (like
+        kube's default --anonymous-auth; kubectl sends no token over plain HTTP); a
+        wrong token or scheme -> None (401)."""
+        if not header:
+            return ANONYMOUS
+        scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
             return None
         return self.tokens().get(token.strip())
