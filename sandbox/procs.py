@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ def spawn(
         )
 
 
-def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> int | None:
+def stop_process(proc: subprocess.Popen[Any], *, timeout: float = 10.0) -> int | None:
     """Stop `proc` by PID: SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit code."""
     if proc.poll() is not None:
         return proc.returncode
