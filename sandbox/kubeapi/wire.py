@@ -200,7 +200,14 @@ class App:
 
 
 def _fault_error(fault: Fault, info: RequestInfo, user: str) -> errors.ApiError:
-    status = fault.status or 500
+    error = _fault_status(fault.status or 500, info, user)
+    if fault.retry_after is not None:
+        error.headers["Retry-After"] = str(fault.retry_after)
+        error.details = {**(error.details or {}), "retryAfterSeconds": fault.retry_after}
+    return error
+
+
+def _fault_status(status: int, info: RequestInfo, user: str) -> errors.ApiError:
     rt = info.rt
     if status == 403:
         return errors.forbidden(
@@ -215,21 +222,12 @@ def _fault_error(fault: Fault, info: RequestInfo, user: str) -> errors.ApiError:
         return errors.conflict(rt, info.name or "")
     if status == 404 and rt is not None:
         return errors.not_found(rt, info.name or "")
-    headers, details = {}, None
-    if fault.retry_after is not None:
-        headers["Retry-After"] = str(fault.retry_after)
-        details = {"retryAfterSeconds": fault.retry_after}
     messages = {
         429: "Too many requests, please try again later.",
         500: "Internal error occurred: injected fault",
         503: "the server is currently unable to handle the request",
     }
-    return errors.ApiError(
-        code=status,
-        message=messages.get(status, f"injected fault {status}"),
-        details=details,
-        headers=headers,
-    )
+    return errors.ApiError(code=status, message=messages.get(status, f"injected fault {status}"))
 
 
 def _discovery(path: str) -> Any:
