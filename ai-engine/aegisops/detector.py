@@ -387,8 +387,8 @@ class WorkloadDetector:
         x = np.where(holes, model.median, x)
         score, raw, z = model.scores(x)
         anomalous = score > SCORE_THRESHOLD
-        normal = (score <= self.params.learn_score_below) & ~holes.any(axis=1)
-        self._buffer = np.concatenate([self._buffer, x[normal]])[
+        learned = (score <= self.params.learn_score_below) & ~holes.any(axis=1)
+        self._buffer = np.concatenate([self._buffer, x[learned]])[
             -self.params.max_training_samples :
         ]
         flagged = (np.abs(z) >= self.params.deviation_z).any(axis=1) | anomalous
