@@ -205,3 +205,9 @@ def test_missing_input_and_empty_directory_are_clear(tmp_path: Path) -> None:
         run_backtest(input_path=tmp_path / "empty", output_path=tmp_path / "out")
     with pytest.raises(BacktestError, match="--replicas must be >= 0"):
         run_backtest(input_path=tmp_path / "empty", output_path=tmp_path / "out", replicas=-1)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(BacktestError, match="the input is a directory, so the output must be one"):
+        run_backtest(input_path=tmp_path / "empty", output_path=tmp_path / "a-file")
+    source = write_csv(tmp_path / "in.csv", HEADER, trace_rows(20))
+    with pytest.raises(BacktestError, match=r"a-file/out\.csv: cannot write the output"):
+        run_backtest(input_path=source, output_path=tmp_path / "a-file" / "out.csv")
