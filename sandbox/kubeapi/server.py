@@ -135,7 +135,7 @@ class KubeAPIServer:
         self.stop()
 
     def _tls_context(self, tmp: Path) -> ssl.SSLContext:
-        ca = trustme.CA(organization_name="AegisOps emulator CA")
+        ca = trustme.CA(organization_name="AegisOps emulator CA", key_type=trustme.KeyType.ECDSA)
         cert = ca.issue_cert("127.0.0.1", "localhost")
         self.ca_path = tmp / "ca.crt"
         ca.cert_pem.write_to_path(str(self.ca_path))
