@@ -24,7 +24,8 @@ LAST_ACTION_AT = "aegisops.dev/last-action-at"
 COOLDOWN_UNTIL = "aegisops.dev/cooldown-until"
 ANNOTATION_KEYS = (ORIGINAL_REPLICAS, LAST_ACTION, LAST_ACTION_AT, COOLDOWN_UNTIL)
 
-LOAD_SIGNALS = (("rps", "up"), ("p95_latency_seconds", "up"))
+P95 = "p95_latency_seconds"
+LOAD_SIGNALS = (("rps", "up"), (P95, "up"))
 """Deviations that more replicas can relieve; any other anomaly only alerts."""
 
 
@@ -287,6 +288,9 @@ def _on_incident(ctx: _Context, *, confirmed: bool) -> _Outcome:
     if memory.cooldown_until is not None and ctx.now < memory.cooldown_until:
         until = format_time(memory.cooldown_until)
         return "none", replicas, f"{seen}; cooldown until {until}", memory
+    if _relieved(ctx):
+        reason = f"{seen}; p95 latency back at baseline since the last scale_up, holding"
+        return "none", replicas, reason, memory
     if replicas >= limits.max_replicas:
         return hold, replicas, f"{seen}; at max replicas ({limits.max_replicas})", memory
     after = min(limits.max_replicas, max(replicas + limits.scale_step, limits.min_replicas))
@@ -358,6 +362,22 @@ def _status_reason(
         "idle": "idle (rps below idle_rps_below), not scored",
         "missing": "no data",
     }[obs.status]
+
+
+def _relieved(ctx: _Context) -> bool:
+    """This incident was already scaled and latency (when measured) is no longer up.
+
+    More traffic served at baseline latency is no reason to keep adding replicas.
+    """
+    memory, obs, since = ctx.memory, ctx.observation, ctx.state.incident_since
+    scaled = (
+        since is not None
+        and memory.last_action_at is not None
+        and memory.last_action_at >= since
+        and (memory.last_action or "").startswith("scale_up")
+    )
+    latency_up = any(d.metric == P95 and d.direction == "up" for d in obs.deviations)
+    return scaled and P95 in obs.values and not latency_up
 
 
 def is_load_shaped(obs: Observation) -> bool:

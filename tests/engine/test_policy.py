@@ -117,6 +117,25 @@ def test_no_second_action_during_cooldown_then_another_step_after_it() -> None:
     assert after.memory.original_replicas == 1  # kept from the first action
 
 
+def test_after_a_step_that_relieved_latency_more_traffic_alone_does_not_scale_again() -> None:
+    busy = (SURGE[1],)  # rps still up, latency back at baseline
+
+    def relieved(t: float) -> Observation:
+        values = {"rps": 150.0, "p95_latency_seconds": 0.05, "memory_bytes": 1e8}
+        return replace(anomaly(t, busy), values=values)
+
+    w = Workload()
+    w.feed(anomaly, 3)
+    later = w.feed(relieved, 40)  # 600 s: well past the cooldown
+    assert {d.action for d in later} == {"none"}
+    assert later[-1].anomaly  # the incident stays open while traffic is up
+    assert later[-1].reason.endswith(
+        "p95 latency back at baseline since the last scale_up, holding"
+    )
+    again = w.feed(anomaly)[0]  # latency up again: another step
+    assert (again.action, again.replicas_after) == ("scale_up", 3)
+
+
 def test_cooldown_survives_a_restart_through_the_annotations() -> None:
     w = Workload()
     w.feed(anomaly, 3)
