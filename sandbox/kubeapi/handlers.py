@@ -161,7 +161,7 @@ class Handlers:
 
     def _list(self, req: Request, rt: ResourceType) -> Response:
         namespace = req.info.namespace if rt.namespaced else None
-        items, rv = self.store.list(rt, namespace, match=self._matcher(req))
+        items, rv = self.store.select(rt, namespace, match=self._matcher(req))
         if tables.wants_table(req.accept):
             return Response(200, tables.table(rt, items, resource_version=str(rv), now=self.now()))
         for item in items:
@@ -268,7 +268,7 @@ class Handlers:
 
     def _deletecollection(self, req: Request, rt: ResourceType) -> Response:
         namespace = req.info.namespace if rt.namespaced else None
-        items, _ = self.store.list(rt, namespace, match=self._matcher(req))
+        items, _ = self.store.select(rt, namespace, match=self._matcher(req))
         for item in items:
             meta = item["metadata"]
             self.store.delete(rt, meta.get("namespace", ""), meta["name"])
@@ -335,7 +335,7 @@ class Handlers:
             return {"type": kind, "object": obj}
 
         if rv == 0:
-            items, rv = self.store.list(rt, namespace, match=match)
+            items, rv = self.store.select(rt, namespace, match=match)
             for item in items:
                 yield shape("ADDED", item)
         key = (rt.group, rt.plural)

@@ -32,6 +32,7 @@ class ResourceType:
     subresources: tuple[str, ...] = ()
     verbs: tuple[str, ...] = ALL_VERBS
     custom: bool = False  # a CRD: schemaless, no strategic merge patch
+    categories: tuple[str, ...] = ()  # `kubectl get all` uses the "all" category
 
     @property
     def api_version(self) -> str:
@@ -55,13 +56,22 @@ def _rt(group: str, version: str, plural: str, kind: str, **kw: Any) -> Resource
     return ResourceType(group=group, version=version, plural=plural, kind=kind, **kw)
 
 
+_ALL = ("all",)
 CATALOG: tuple[ResourceType, ...] = (
     _rt("", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",)),
     _rt("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     _rt("", "v1", "secrets", "Secret"),
     _rt("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
-    _rt("", "v1", "services", "Service", short_names=("svc",), subresources=("status",)),
-    _rt("", "v1", "pods", "Pod", short_names=("po",), subresources=("status",)),
+    _rt(
+        "",
+        "v1",
+        "services",
+        "Service",
+        short_names=("svc",),
+        subresources=("status",),
+        categories=_ALL,
+    ),
+    _rt("", "v1", "pods", "Pod", short_names=("po",), subresources=("status",), categories=_ALL),
     _rt("", "v1", "events", "Event", short_names=("ev",)),
     _rt(
         "apps",
@@ -70,6 +80,7 @@ CATALOG: tuple[ResourceType, ...] = (
         "Deployment",
         short_names=("deploy",),
         subresources=("scale", "status"),
+        categories=_ALL,
     ),
     _rt(
         "autoscaling",
@@ -78,8 +89,9 @@ CATALOG: tuple[ResourceType, ...] = (
         "HorizontalPodAutoscaler",
         short_names=("hpa",),
         subresources=("status",),
+        categories=_ALL,
     ),
-    _rt("batch", "v1", "jobs", "Job", subresources=("status",)),
+    _rt("batch", "v1", "jobs", "Job", subresources=("status",), categories=_ALL),
     _rt("coordination.k8s.io", "v1", "leases", "Lease"),
     _rt("events.k8s.io", "v1", "events", "Event", short_names=("ev",)),
     _rt("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",)),
@@ -183,6 +195,8 @@ def api_resource_list(*, group: str, version: str) -> dict[str, Any] | None:
         }
         if rt.short_names:
             entry["shortNames"] = list(rt.short_names)
+        if rt.categories:
+            entry["categories"] = list(rt.categories)
         listed.append(entry)
         for sub in rt.subresources:
             sub_entry: dict[str, Any] = {

@@ -17,7 +17,9 @@ _EXISTS_RE = re.compile(r"^\s*(!?)([A-Za-z0-9_./-]+)\s*$")
 
 def _split_terms(text: str) -> list[str]:
     """Split on commas outside parentheses."""
-    terms, depth, current = [], 0, []
+    terms: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "(":
             depth += 1
@@ -73,6 +75,13 @@ def _field_value(obj: dict[str, Any], path: str) -> str:
     return str(node)
 
 
+def _field_term(path: str, value: str, *, negate: bool) -> Matcher:
+    def match(obj: dict[str, Any]) -> bool:
+        return (_field_value(obj, path) == value) != negate
+
+    return match
+
+
 def field_matcher(text: str | None) -> Matcher:
     terms: list[Matcher] = []
     for term in _split_terms(text or ""):
@@ -80,10 +89,7 @@ def field_matcher(text: str | None) -> Matcher:
         if not m:
             raise bad_request(f"invalid field selector: {term.strip()!r}")
         path, op, value = m.groups()
-        if op == "!=":
-            terms.append(lambda o, p=path, v=value: _field_value(o, p) != v)
-        else:
-            terms.append(lambda o, p=path, v=value: _field_value(o, p) == v)
+        terms.append(_field_term(path, value, negate=op == "!="))
     return lambda obj: all(term(obj) for term in terms)
 
 

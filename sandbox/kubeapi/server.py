@@ -228,7 +228,7 @@ class KubeAPIServer:
         return self.store.get(rt, (namespace or "") if rt.namespaced else "", name)
 
     def objects(self, resource: str, namespace: str | None = None) -> list[Obj]:
-        items, _ = self.store.list(resolve(resource), namespace)
+        items, _ = self.store.select(resolve(resource), namespace)
         return items
 
     def patch(self, resource: str, namespace: str | None, name: str, merge: Obj) -> Obj:
@@ -323,7 +323,7 @@ class KubeAPIServer:
     def _rbac_objects(self) -> list[Obj]:
         found = list(self._rbac_static or [])
         for plural in _RBAC_PLURALS:
-            found.extend(self.store.list(resolve(f"{plural}.rbac.authorization.k8s.io"), None)[0])
+            found.extend(self.store.select(resolve(f"{plural}.rbac.authorization.k8s.io"), None)[0])
         return found
 
 

@@ -19,8 +19,16 @@ from sandbox.kubeapi.selectors import Matcher
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (group, plural)
-NAMESPACES = lookup(group="", version="v1", plural="namespaces")
-assert NAMESPACES is not None
+
+
+def _namespaces() -> ResourceType:
+    found = lookup(group="", version="v1", plural="namespaces")
+    if found is None:
+        raise RuntimeError("the catalog lost core/v1 namespaces")
+    return found
+
+
+NAMESPACES = _namespaces()
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class Store:
             found = self._bucket(rt).get((namespace, name))
             return copy.deepcopy(found) if found is not None else None
 
-    def list(
+    def select(
         self, rt: ResourceType, namespace: str | None, *, match: Matcher | None = None
     ) -> tuple[list[Obj], int]:
         with self.cond:
