@@ -198,6 +198,8 @@ class Engine:
             limits=w.target.limits,
             params=self.config.policy,
         )
+        if decision.confirmed:
+            self._notify_confirmed(w, obs=obs)
         if decision.action in ACTIONS:
             decision = self._act(w, first=decision, state=w.state, obs=obs, now=now)
         w.state = decision.state
@@ -335,16 +337,6 @@ class Engine:
             self.metrics.workload(
                 key, score=obs.score, anomaly=decision.anomaly, replicas=w.replicas
             )
-        if decision.confirmed:
-            self.notifier.send(
-                notify.anomaly_message(
-                    workload=key,
-                    score=obs.score if obs.score is not None else 0.0,
-                    threshold=obs.threshold,
-                    metrics=_metric_lines(obs),
-                    dry_run=self.config.dry_run,
-                )
-            )
         if decision.resolved:
             since = w.state.incident_since
             self.notifier.send(
@@ -356,6 +348,18 @@ class Engine:
                     dry_run=self.config.dry_run,
                 )
             )
+
+    def _notify_confirmed(self, w: Workload, *, obs: Observation) -> None:
+        """Once per incident, before any action it leads to."""
+        self.notifier.send(
+            notify.anomaly_message(
+                workload=w.target.key,
+                score=obs.score if obs.score is not None else 0.0,
+                threshold=obs.threshold,
+                metrics=_metric_lines(obs),
+                dry_run=self.config.dry_run,
+            )
+        )
 
     def _count_action(self, w: Workload, *, action: str, result: str) -> None:
         if self.metrics is not None:
