@@ -1,0 +1,394 @@
+"""The loop with fakes at our own boundaries: PrometheusSource, KubeClient, SlackNotifier.
+
+The detector and policy are the real, pure ones; time is injected; data is seeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from aegisops.config import Config, parse_config
+from aegisops.kube import Conflict, DeploymentInfo, KubeUnavailable, ScaleInfo
+from aegisops.loop import Engine
+from aegisops.policy import COOLDOWN_UNTIL, LAST_ACTION, ORIGINAL_REPLICAS, format_time
+from aegisops.prometheus import History, PrometheusUnavailable, Sample
+from aegisops.selfmetrics import SelfMetrics
+
+KEY = "shop/web"
+T0 = 1_800_000_000.0
+BASELINE = 40
+NORMAL = (10.0, 0.05, 25e6)
+SURGE = (40.0, 0.6, 25e6)
+
+
+def make_config(**overrides: Any) -> Config:
+    raw: dict[str, Any] = {
+        "poll_interval_seconds": 1,
+        "prometheus": {"url": "http://127.0.0.1:9", "history_lookback_seconds": 100},
+        "detector": {
+            "baseline_samples": BASELINE,
+            "cold_start_seconds": 0,
+            "n_estimators": 40,
+            "max_samples": 32,
+            "seed": 3,
+        },
+        "policy": {"consecutive_anomalies": 3, "cooldown_seconds": 300},
+        "targets": [{"namespace": "shop", "deployment": "web", "max_replicas": 4}],
+        "server": {"port": 0},
+    }
+    raw.update(overrides)
+    return parse_config(raw, env={})
+
+
+def noisy(rng: np.random.Generator, centre: tuple[float, float, float]) -> np.ndarray:
+    scale = np.array([0.4, 0.002, 2e4])
+    return np.asarray(centre) + rng.normal(0.0, 1.0, 3) * scale
+
+
+class FakeSource:
+    """Stands in for PrometheusSource: a scripted profile per time, or an outage."""
+
+    def __init__(self, *, history_samples: int = BASELINE + 10, seed: int = 1) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.history_samples = history_samples
+        self.surge_from = float("inf")
+        self.down = False
+        self.calls: list[str] = []
+
+    def history(self, *, start: float, end: float, step: float) -> dict[str, History]:
+        self.calls.append("history")
+        if self.down:
+            raise PrometheusUnavailable("query_range rps: cannot connect to Prometheus")
+        n = self.history_samples
+        t = np.arange(end - n * step, end, step)[:n] + step
+        X = np.array([noisy(self.rng, NORMAL) for _ in range(n)]).reshape(n, 3)
+        return {KEY: History(timestamps=t, X=X)}
+
+    def sample(self, now: float) -> Sample:
+        self.calls.append("sample")
+        if self.down:
+            raise PrometheusUnavailable("query rps: cannot connect to Prometheus at http://x")
+        centre = SURGE if now >= self.surge_from else NORMAL
+        return Sample(t=now, values={KEY: noisy(self.rng, centre)})
+
+
+@dataclass
+class FakeKube:
+    """Stands in for KubeClient: one Deployment's annotations, version and replicas."""
+
+    annotations: dict[str, str] = field(default_factory=dict)
+    replicas: int = 1
+    rv: int = 7
+    hpas: set[str] = field(default_factory=set)
+    fail: dict[str, Exception] = field(default_factory=dict)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+
+    def _call(self, name: str, arg: Any = None) -> None:
+        self.calls.append((name, arg))
+        if name in self.fail:
+            raise self.fail.pop(name)
+
+    def get_deployment(self, *, namespace: str, name: str) -> DeploymentInfo:
+        self._call("get_deployment")
+        return DeploymentInfo(
+            annotations=dict(self.annotations),
+            resource_version=str(self.rv),
+            replicas=self.replicas,
+        )
+
+    def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
+        self._call("get_scale")
+        return ScaleInfo(replicas=self.replicas, resource_version=str(self.rv))
+
+    def hpa_targets(self, *, namespace: str) -> set[str]:
+        self._call("hpa_targets")
+        return set(self.hpas)
+
+    def patch_annotations(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+        resource_version: str,
+    ) -> DeploymentInfo:
+        self._call("patch_annotations", dict(annotations))
+        if resource_version != str(self.rv):
+            raise Conflict("patch deployments shop/web: 409 Conflict")
+        for key, value in annotations.items():
+            if value is None:
+                self.annotations.pop(key, None)
+            else:
+                self.annotations[key] = value
+        self.rv += 1
+        rv, replicas = str(self.rv), self.replicas
+        return DeploymentInfo(
+            annotations=dict(self.annotations), resource_version=rv, replicas=replicas
+        )
+
+    def patch_scale(self, *, namespace: str, name: str, replicas: int) -> ScaleInfo:
+        self._call("patch_scale", replicas)
+        self.replicas = replicas
+        self.rv += 1
+        return ScaleInfo(replicas=replicas, resource_version=str(self.rv))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+
+@dataclass
+class FakeNotifier:
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+    def send(self, payload: Mapping[str, Any]) -> bool:
+        self.sent.append(dict(payload))
+        return True
+
+    def texts(self) -> list[str]:
+        return [p["text"] for p in self.sent]
+
+
+@dataclass
+class Rig:
+    engine: Engine
+    source: FakeSource
+    kube: FakeKube
+    notifier: FakeNotifier
+    metrics: SelfMetrics
+
+    def passes(self, count: int, *, start: float) -> list[Any]:
+        return [self.engine.run_pass(start + i) for i in range(count)]
+
+
+def rig(*, kube: FakeKube | None = None, config: Config | None = None) -> Rig:
+    source, kube, notifier = FakeSource(), kube or FakeKube(), FakeNotifier()
+    metrics = SelfMetrics(stale_after_seconds=60, clock=lambda: T0)
+    engine = Engine(
+        config=config or make_config(),
+        source=source,  # type: ignore[arg-type]
+        kube=kube,  # type: ignore[arg-type]
+        notifier=notifier,  # type: ignore[arg-type]
+        metrics=metrics,
+        clock=lambda: T0,
+    )
+    engine.train_from_history(now=T0)
+    return Rig(engine=engine, source=source, kube=kube, notifier=notifier, metrics=metrics)
+
+
+def decisions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if getattr(r, "workload", None) == KEY]
+
+
+def metric(r: Rig, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return r.metrics.registry.get_sample_value(name, labels or {})
+
+
+def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig()
+    assert "trained from history: 50 of 50 points usable, ready" in caplog.text
+    quiet = r.passes(5, start=T0 + 1)
+    assert [p.actions for p in quiet] == [0] * 5
+    assert r.kube.names() == ["get_deployment"]  # memory read once, when first seen
+
+    r.source.surge_from = T0 + 6
+    results = r.passes(10, start=T0 + 6)
+    assert [p.actions for p in results] == [0, 0, 1] + [0] * 7
+    assert r.kube.names() == [
+        "get_deployment",
+        "hpa_targets",
+        "get_deployment",
+        "get_scale",
+        "patch_annotations",
+        "patch_scale",
+    ]
+    notes = r.kube.calls[4][1]
+    assert notes == {
+        ORIGINAL_REPLICAS: "1",
+        LAST_ACTION: "scale_up 1->2",
+        "aegisops.dev/last-action-at": format_time(T0 + 8),
+        COOLDOWN_UNTIL: format_time(T0 + 8 + 300),
+    }
+    assert r.kube.calls[5] == ("patch_scale", 2)
+    texts = r.notifier.texts()
+    assert len(texts) == 2
+    assert texts[0].startswith("AegisOps: Anomaly on shop/web: score ")
+    assert texts[1].startswith("AegisOps: shop/web: scaled up 1 -> 2 replicas (")
+    lines = decisions(caplog)
+    acted = [line for line in lines if "-> scale_up 1->2: " in line]
+    assert len(acted) == 1
+    assert re.match(r"rps=40\.\d\d req/s \(baseline 10\.\d\d req/s\) ", acted[0])
+    assert re.search(
+        r"; score 0\.9\d vs threshold 0\.50 -> scale_up 1->2: p95_latency_seconds 0\.6 vs "
+        r"baseline 0\.05\d* \(up\), rps 40 vs baseline 10 \(up\) for 3 consecutive samples; "
+        r"scale_up 1->2$",
+        acted[0],
+    )
+    held = [line for line in lines if "cooldown until " + format_time(T0 + 308) in line]
+    assert len(held) == 7
+    labels = {"namespace": "shop", "deployment": "web", "action": "scale_up", "result": "applied"}
+    assert metric(r, "aegisops_actions_total", labels) == 1
+    assert metric(r, "aegisops_replicas", {"namespace": "shop", "deployment": "web"}) == 2
+    assert metric(r, "aegisops_anomaly", {"namespace": "shop", "deployment": "web"}) == 1
+
+
+def test_a_restarted_engine_reads_the_cooldown_and_does_not_act(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    remembered = {
+        ORIGINAL_REPLICAS: "1",
+        LAST_ACTION: "scale_up 1->2",
+        "aegisops.dev/last-action-at": format_time(T0 - 60),
+        COOLDOWN_UNTIL: format_time(T0 + 240),
+    }
+    r = rig(kube=FakeKube(annotations=dict(remembered), replicas=2))
+    r.source.surge_from = T0
+    results = r.passes(8, start=T0 + 1)
+    assert sum(p.actions for p in results) == 0
+    assert r.kube.names() == ["get_deployment"]
+    assert r.kube.annotations == remembered
+    assert sum("cooldown until " + format_time(T0 + 240) in m for m in decisions(caplog)) == 6
+    assert r.notifier.texts()[0].startswith("AegisOps: Anomaly on shop/web")
+    assert len(r.notifier.sent) == 1
+
+
+def test_an_hpa_on_the_deployment_means_alert_only() -> None:
+    r = rig(kube=FakeKube(hpas={"web"}))
+    r.source.surge_from = T0
+    results = r.passes(6, start=T0 + 1)
+    assert sum(p.actions for p in results) == 0
+    assert "patch_scale" not in r.kube.names() and "patch_annotations" not in r.kube.names()
+    assert r.notifier.texts() == [r.notifier.texts()[0]]
+    assert r.notifier.texts()[0].startswith("AegisOps: Anomaly on shop/web")
+
+
+def test_a_conflict_on_the_annotations_means_no_scale_and_a_retry_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    kube = FakeKube(
+        fail={"patch_annotations": Conflict("patch deployments shop/web: 409 Conflict")}
+    )
+    r = rig(kube=kube)
+    r.source.surge_from = T0
+    results = r.passes(5, start=T0 + 1)
+    assert [p.actions for p in results] == [0, 0, 0, 1, 0]
+    assert r.kube.names().count("patch_annotations") == 2
+    assert r.kube.names().count("patch_scale") == 1
+    assert (
+        "scale_up 1->2 failed (conflict): patch deployments shop/web: 409 Conflict" in caplog.text
+    )
+    assert any("NOT applied (conflict)" in m for m in decisions(caplog))
+    labels = {"namespace": "shop", "deployment": "web", "action": "scale_up"}
+    assert metric(r, "aegisops_actions_total", {**labels, "result": "conflict"}) == 1
+    assert metric(r, "aegisops_actions_total", {**labels, "result": "applied"}) == 1
+
+
+def test_dry_run_changes_nothing_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig(config=make_config(dry_run=True))
+    r.source.surge_from = T0
+    results = r.passes(6, start=T0 + 1)
+    assert [p.actions for p in results] == [0, 0, 1, 0, 0, 0]
+    assert "patch_annotations" not in r.kube.names() and "patch_scale" not in r.kube.names()
+    [marked] = [m for m in decisions(caplog) if m.startswith("**DRY-RUN** ")]
+    assert "-> scale_up 1->2: " in marked
+    texts = r.notifier.texts()
+    assert texts[1].startswith("[DRY-RUN] AegisOps: shop/web: would scale up 1 -> 2 replicas")
+    labels = {"namespace": "shop", "deployment": "web", "action": "scale_up", "result": "dry_run"}
+    assert metric(r, "aegisops_actions_total", labels) == 1
+
+
+def test_prometheus_down_logs_and_takes_no_action(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig()
+    r.source.down = True
+    [result] = r.passes(1, start=T0 + 1)
+    assert (result.errors, result.actions, result.anomalies) == (1, 0, 0)
+    assert r.kube.calls == []
+    assert (
+        "pass 1: Prometheus query failed, no decisions this pass: query rps: cannot connect"
+        in caplog.text
+    )
+    assert re.search(
+        r"pass 1: 1 workloads, 0 anomalies, 0 actions, 1 errors in \d\.\d\ds", caplog.text
+    )
+    assert metric(r, "aegisops_pass_errors_total", {"stage": "prometheus"}) == 1
+    r.source.down = False
+    [result] = r.passes(1, start=T0 + 2)
+    assert result.errors == 0
+
+
+def test_history_unavailable_falls_back_to_live_learning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    source, kube, notifier = FakeSource(), FakeKube(), FakeNotifier()
+    source.down = True
+    engine = Engine(
+        config=make_config(),
+        source=source,
+        kube=kube,  # type: ignore[arg-type]
+        notifier=notifier,
+        clock=lambda: T0,
+    )  # type: ignore[arg-type]
+    engine.train_from_history(now=T0)
+    assert "history unavailable, learning from live samples: query_range rps" in caplog.text
+    source.down = False
+    for i in range(BASELINE + 2):
+        engine.run_pass(T0 + 1 + i)
+    messages = decisions(caplog)
+    assert messages[0].endswith("learning, not scored -> none: learning baseline")
+    assert "score " in messages[-1]
+
+
+def test_a_failing_workload_is_logged_and_the_pass_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig(kube=FakeKube(fail={"get_deployment": KubeUnavailable("get deployments: 503")}))
+    [first, second] = r.passes(2, start=T0 + 1)
+    assert first.errors == 0 and second.errors == 0  # logged, then retried next pass
+    assert "cannot read the Deployment: get deployments: 503" in caplog.text
+    assert r.kube.names() == ["get_deployment", "get_deployment"]
+    r.kube.fail["get_deployment"] = RuntimeError("boom")
+    r.engine.workloads[KEY].memory = None
+    [third] = r.passes(1, start=T0 + 3)
+    assert third.errors == 1
+    assert "pass failed: boom" in caplog.text
+
+
+def test_run_forever_stops_on_the_event_after_the_current_pass() -> None:
+    stop = threading.Event()
+    clock = iter(T0 + i for i in range(100))
+    source, kube = FakeSource(), FakeKube()
+
+    class Stopper(FakeNotifier):
+        pass
+
+    engine = Engine(
+        config=make_config(poll_interval_seconds=0.01),
+        source=source,  # type: ignore[arg-type]
+        kube=kube,
+        notifier=Stopper(),
+        clock=lambda: next(clock),
+    )  # type: ignore[arg-type]
+    original = source.sample
+
+    def sample(now: float) -> Sample:
+        if source.calls.count("sample") == 2:
+            stop.set()  # SIGTERM arrives during the third pass
+        return original(now)
+
+    source.sample = sample  # type: ignore[method-assign]
+    engine.run_forever(stop=stop)
+    assert engine.passes == 3
+    assert source.calls == ["history", "sample", "sample", "sample"]
