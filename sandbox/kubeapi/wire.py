@@ -256,6 +256,7 @@ def _discovery(path: str) -> Any:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: KubeHTTPServer
 
     def _any(self) -> None:
