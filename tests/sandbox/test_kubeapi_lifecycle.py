@@ -62,8 +62,10 @@ def test_concurrent_scale_patches_are_serialised(
     start_rv = int(kubeapi.get("deployments", "aegisops", "web")["metadata"]["resourceVersion"])
     errors: list[ApiException] = []
 
+    clients = [k8s.AppsV1Api(client_for(kubeapi)) for _ in range(16)]
+
     def add_one_annotation(index: int) -> None:
-        apps = k8s.AppsV1Api(client_for(kubeapi))
+        apps = clients[index]
         try:
             apps.patch_namespaced_deployment(
                 "web", "aegisops", {"metadata": {"annotations": {f"n{index}": "x"}}}
