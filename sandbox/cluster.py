@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shlex
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -35,18 +32,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import requests
 from kubernetes.client.rest import ApiException
 
 from kubernetes import client as k8s
-from sandbox.procs import WaitTimeout, atomic_write, spawn, stop_process, tail, wait_until
+from sandbox.procs import Replica, ReplicaFailed, atomic_write, start_replica, stop_process
 
 log = logging.getLogger("sandbox.cluster")
 
 DEFAULT_SELECTOR = "app.kubernetes.io/name=aegisops-app"
 ARGS_ANNOTATION = "sandbox.aegisops.dev/app-args"
 APP_FLAGS = frozenset(
-    {
+    [
         "--workers",
         "--service-time",
         "--jitter",
@@ -55,62 +51,12 @@ APP_FLAGS = frozenset(
         "--leak-bytes-per-second",
         "--error-rate",
         "--max-leak-bytes",
-    }
+    ]
 )
 KUBELET_ENV = frozenset({"APP_HOST", "APP_PORT", "APP_PORT_FILE"})
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 TargetsListener = Callable[[str, str, list[tuple[str, dict[str, str]]]], None]
-
-
-class ReplicaFailed(RuntimeError):
-    """A sample-app process exited or did not answer /healthz in time."""
-
-
-@dataclass
-class Replica:
-    """One sample-app process standing in for a pod."""
-
-    namespace: str
-    deployment: str
-    pod: str
-    proc: subprocess.Popen[bytes]
-    port_file: Path
-    log_path: Path
-    port: int | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_ready(self, *, timeout: float) -> None:
-        def ready() -> bool:
-            if not self.alive():
-                code = self.proc.returncode
-                raise ReplicaFailed(
-                    f"pod {self.pod} exited with code {code}:\n{tail(self.log_path)}"
-                )
-            if self.port is None:
-                text = self.port_file.read_text() if self.port_file.exists() else ""
-                if not text.strip():
-                    return False
-                self.port = int(text)
-            try:
-                return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        try:
-            wait_until(ready, timeout=timeout, interval=0.05, message=f"pod {self.pod} /healthz")
-        except WaitTimeout as err:
-            raise ReplicaFailed(f"{err}\n{tail(self.log_path)}") from None
 
 
 def app_settings(deployment: Obj) -> tuple[list[str], dict[str, str]]:
@@ -322,20 +268,14 @@ class Kubelet:
             raise ReplicaFailed("; ".join(str(err) for _, err in failed))
 
     def _start_replica(self, key: Key, *, flags: list[str], env: dict[str, str]) -> Replica:
-        pod = f"{key[1]}-{self._random.getrandbits(40):010x}"
         self._seq += 1
-        port_file = self.dir / f"{pod}.port"
-        log_path = self.dir / f"{pod}.log"
-        argv = [sys.executable, "-m", "sampleapp.server", "--host", "127.0.0.1", "--port", "0"]
-        argv += ["--port-file", str(port_file), "--seed", str(self._seq), *flags]
-        proc = spawn(argv=argv, log_path=log_path, env=_child_env(env))
-        return Replica(
+        return start_replica(
             namespace=key[0],
             deployment=key[1],
-            pod=pod,
-            proc=proc,
-            port_file=port_file,
-            log_path=log_path,
+            pod=f"{key[1]}-{self._random.getrandbits(40):010x}",
+            directory=self.dir,
+            args=["--seed", str(self._seq), *flags],
+            env=env,
         )
 
     def _scale_down(self, key: Key, *, to: int) -> None:
@@ -444,8 +384,3 @@ class Kubelet:
         finally:
             self._watch_response = None
             response.release_conn()
-
-
-def _child_env(app_env: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
-    return {**env, **app_env, "PYTHONUNBUFFERED": "1"}

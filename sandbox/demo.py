@@ -256,7 +256,7 @@ def summary(*, world: World, engine: Engine, timeline: Timeline) -> list[str]:
     lines.append(_p95_line("before (learning)", learn))
     lines.append(_p95_line("during the surge, before any action", surge))
     lines.append(_p95_line("at the end (last 30 s)" if timeline.actions else "at the end", after))
-    if "SLACK_WEBHOOK_URL" in os.environ:
+    if os.environ.get("SLACK_WEBHOOK_URL"):
         lines.append("Slack: posted to your webhook (see your channel)")
     else:
         received = world.slack.received()
@@ -295,7 +295,8 @@ def play(*, plan: Plan) -> int:
         config = engine_config(world=world, plan=plan, metrics_port=metrics_port)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = dict(os.environ)
-        env.setdefault("SLACK_WEBHOOK_URL", world.slack_url)
+        if not env.get("SLACK_WEBHOOK_URL"):  # set: the engine posts to real Slack
+            env["SLACK_WEBHOOK_URL"] = world.slack_url
         world.set_load(Steady(rps=plan.normal_rps))
         engine = Engine(config_path=config_path, env=env)
         try:

@@ -1,4 +1,4 @@
-"""Small process helpers shared by the sandbox launchers.
+"""Process helpers shared by the sandbox launchers, and one sample-app replica process.
 
 Every child the sandbox starts is stopped by PID: SIGTERM, wait, then SIGKILL.
 Children get their own session so a Ctrl-C in the terminal reaches only the
@@ -11,10 +11,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import requests
 
 T = TypeVar("T")
 
@@ -129,3 +133,82 @@ def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class ReplicaFailed(RuntimeError):
+    """A sample-app process exited or did not answer /healthz in time."""
+
+
+@dataclass
+class Replica:
+    """One sample-app process standing in for a pod."""
+
+    namespace: str
+    deployment: str
+    pod: str
+    proc: subprocess.Popen[bytes]
+    port_file: Path
+    log_path: Path
+    port: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, *, timeout: float) -> None:
+        def ready() -> bool:
+            if not self.alive():
+                code = self.proc.returncode
+                raise ReplicaFailed(
+                    f"pod {self.pod} exited with code {code}:\n{tail(self.log_path)}"
+                )
+            if self.port is None:
+                text = self.port_file.read_text() if self.port_file.exists() else ""
+                if not text.strip():
+                    return False
+                self.port = int(text)
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        try:
+            wait_until(ready, timeout=timeout, interval=0.05, message=f"pod {self.pod} /healthz")
+        except WaitTimeout as err:
+            raise ReplicaFailed(f"{err}\n{tail(self.log_path)}") from None
+
+
+def start_replica(
+    *,
+    namespace: str,
+    deployment: str,
+    pod: str,
+    directory: Path,
+    args: Sequence[str],
+    env: Mapping[str, str],
+) -> Replica:
+    """Start one sample-app process on 127.0.0.1 (port chosen by the kernel); not yet ready."""
+    port_file = directory / f"{pod}.port"
+    log_path = directory / f"{pod}.log"
+    argv = [sys.executable, "-m", "sampleapp.server", "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--port-file", str(port_file), *args]
+    # APP_* settings come only from `env`, never from this process's environment.
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
+    child_env.update(env)
+    child_env["PYTHONUNBUFFERED"] = "1"
+    proc = spawn(argv=argv, log_path=log_path, env=child_env)
+    return Replica(
+        namespace=namespace,
+        deployment=deployment,
+        pod=pod,
+        proc=proc,
+        port_file=port_file,
+        log_path=log_path,
+    )
