@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 from typing import Any
@@ -36,6 +37,16 @@ def prepare_new(rt: ResourceType, namespace: str, body: Obj) -> Obj:
         obj["status"] = {"phase": "Active"}
     if rt.kind == "Deployment":
         _default_deployment(obj)
+    return fold_string_data(rt, obj)
+
+
+def fold_string_data(rt: ResourceType, obj: Obj) -> Obj:
+    """A Secret's write-only `stringData` is merged into `data` (base64), as kube does."""
+    if rt.kind == "Secret" and isinstance(obj.get("stringData"), dict):
+        data = obj.setdefault("data", {}) or {}
+        for key, value in obj.pop("stringData").items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
     return obj
 
 
@@ -117,7 +128,7 @@ def merge_main(rt: ResourceType, current: Obj, desired: Obj) -> Obj:
             out.pop("status", None)
     if rt.kind == "Namespace":
         out["status"] = copy.deepcopy(current.get("status", {}))
-    return out
+    return fold_string_data(rt, out)
 
 
 def merge_status(current: Obj, desired: Obj) -> Obj:

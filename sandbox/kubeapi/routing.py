@@ -47,7 +47,7 @@ def parse(method: str, target: str) -> RequestInfo:
     else:
         return plain
     namespace = None
-    if rest[0] == "namespaces" and len(rest) >= 3:
+    if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in ("status", "finalize"):
         namespace, rest = rest[1], rest[2:]
     plural = rest[0]
     name = rest[1] if len(rest) > 1 else None

@@ -147,7 +147,9 @@ def test_validation_and_missing_namespace(admin: k8s.ApiClient, make_deployment:
     assert 'namespaces \\"nowhere\\" not found' in missing.value.body
 
 
-def test_events_leases_hpas_configmaps(admin: k8s.ApiClient) -> None:
+def test_events_with_generate_name_and_leases_with_optimistic_concurrency(
+    admin: k8s.ApiClient,
+) -> None:
     core = k8s.CoreV1Api(admin)
     event = core.create_namespaced_event(
         NS,
@@ -186,6 +188,8 @@ def test_events_leases_hpas_configmaps(admin: k8s.ApiClient) -> None:
     assert lost.value.status == 409
     assert leases.read_namespaced_lease("leader", NS).spec.holder_identity == "b"
 
+
+def test_hpas_configmaps_secrets_pods_namespaces(admin: k8s.ApiClient) -> None:
     hpas = k8s.AutoscalingV2Api(admin)
     hpas.create_namespaced_horizontal_pod_autoscaler(
         NS,
@@ -201,7 +205,13 @@ def test_events_leases_hpas_configmaps(admin: k8s.ApiClient) -> None:
     listed = hpas.list_namespaced_horizontal_pod_autoscaler(NS)
     assert [h.spec.scale_target_ref.name for h in listed.items] == ["web"]
 
+    core = k8s.CoreV1Api(admin)
     core.create_namespaced_config_map(NS, {"metadata": {"name": "cfg"}, "data": {"k": "v"}})
+    core.create_namespaced_secret(
+        NS, {"metadata": {"name": "slack"}, "stringData": {"url": "https://hooks.example/x"}}
+    )
+    secret = core.read_namespaced_secret("slack", NS)
+    assert (secret.data, secret.string_data) == ({"url": "aHR0cHM6Ly9ob29rcy5leGFtcGxlL3g="}, None)
     assert core.read_namespaced_config_map("cfg", NS).data == {"k": "v"}
     assert core.list_namespaced_pod(NS).items == []
     names = [n.metadata.name for n in core.list_namespace().items]
