@@ -251,11 +251,13 @@ def summary(*, world: World, engine: Engine, timeline: Timeline) -> list[str]:
     learn = [s for s in timeline.samples if s.phase == "learn"]
     first_action = timeline.actions[0][0] if timeline.actions else math.inf
     surge = [s for s in timeline.samples if s.phase == "surge" and s.t < first_action]
-    tail_from = timeline.samples[-1].t - 30 if timeline.samples else 0
-    after = [s for s in timeline.samples if s.t >= max(tail_from, first_action)]
+    end_from = timeline.samples[-1].t - 30 if timeline.samples else 0.0
+    if timeline.actions:
+        end_from = max(end_from, first_action)
+    after = [s for s in timeline.samples if s.t >= end_from]
     lines.append(_p95_line("before (learning)", learn))
     lines.append(_p95_line("during the surge, before any action", surge))
-    lines.append(_p95_line("at the end (last 30 s)" if timeline.actions else "at the end", after))
+    lines.append(_p95_line("at the end (last 30 s)", after))
     if os.environ.get("SLACK_WEBHOOK_URL"):
         lines.append("Slack: posted to your webhook (see your channel)")
     else:
