@@ -263,7 +263,8 @@ def _check_prometheus(config: Config) -> bool:
     with PrometheusSource(config=config.prometheus, targets=keys) as source:
         checks = source.check(now=time.time())
     for item in checks:
-        _line(item.ok, f"prometheus {item.name}: {item.detail}")
+        name = item.name if item.name.startswith("prometheus") else f"prometheus {item.name}"
+        _line(item.ok, f"{name}: {item.detail}")
     return bool(checks) and all(item.ok for item in checks)
 
 
