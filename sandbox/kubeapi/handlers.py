@@ -92,28 +92,35 @@ class Handlers:
         return objects.to_scale(obj) if req.info.subresource == "scale" else obj
 
     def _check_fields(self, req: Request, rt: ResourceType, obj: Obj, warnings: list[str]) -> Obj:
-        """fieldValidation: Strict -> 400 naming the fields; Warn (default)/Ignore -> dropped."""
+        """Wrong JSON types -> 400 like kube's decoder; unknown fields per fieldValidation:
+        Strict -> 400 naming them, Warn (default) -> dropped with a Warning, Ignore -> dropped."""
         if rt.custom:
             return obj
-        if req.info.subresource == "scale":
-            node = schema.kind_schema(group="autoscaling", version="v1", kind="Scale")
-        else:
-            node = schema.kind_schema(group=rt.group, version=rt.version, kind=rt.kind)
+        kind = "Scale" if req.info.subresource == "scale" else rt.kind
+        cannot = f'{kind} in version "{rt.version}" cannot be handled as a {kind}'
+        node = self._schema(req, rt)
+        wrong_type = schema.type_error(obj, node, struct=kind)
+        if wrong_type:
+            raise errors.bad_request(f"{cannot}: {wrong_type}")
         unknown = schema.unknown_fields(obj, node)
         if not unknown:
             return obj
         mode = req.info.query.get("fieldValidation", "Warn")
         listed = ", ".join(f'unknown field "{path}"' for path in unknown)
         if mode == "Strict":
-            kind = "Scale" if req.info.subresource == "scale" else rt.kind
-            raise errors.bad_request(
-                f'{kind} in version "{rt.version}" cannot be handled as a {kind}:'
-                f" strict decoding error: {listed}"
-            )
+            raise errors.bad_request(f"{cannot}: strict decoding error: {listed}")
         if mode != "Ignore":
             warnings.extend(f'unknown field "{path}"' for path in unknown)
         pruned: Obj = schema.prune_unknown(obj, node)
         return pruned
+
+    @staticmethod
+    def _schema(req: Request, rt: ResourceType) -> schema.Node | None:
+        if rt.custom:
+            return None
+        if req.info.subresource == "scale":
+            return schema.kind_schema(group="autoscaling", version="v1", kind="Scale")
+        return schema.kind_schema(group=rt.group, version=rt.version, kind=rt.kind)
 
     @staticmethod
     def _answer(code: int, body: Obj, warnings: list[str]) -> Response:
@@ -230,14 +237,7 @@ class Handlers:
             raise errors.unsupported_media((patch.JSON_PATCH, patch.MERGE, patch.APPLY))
         if kind not in patch.SUPPORTED:
             raise errors.unsupported_media(patch.SUPPORTED)
-        if req.info.subresource == "scale":
-            node = schema.kind_schema(group="autoscaling", version="v1", kind="Scale")
-        else:
-            node = (
-                None
-                if rt.custom
-                else schema.kind_schema(group=rt.group, version=rt.version, kind=rt.kind)
-            )
+        node = self._schema(req, rt)
 
         def produce(current: Obj) -> Obj:
             return patch.apply_patch(

@@ -50,6 +50,36 @@ class Node:
         return self.schema
 
     @property
+    def go_name(self) -> str:
+        """`v1.DeploymentSpec` for a ref to io.k8s.api.apps.v1.DeploymentSpec ('' if inline)."""
+        ref = self.schema.get("$ref", "")
+        return ".".join(ref.split(".")[-2:]) if ref.startswith(_REF_PREFIX) else ""
+
+    @property
+    def go_type(self) -> str | None:
+        """The Go type a JSON value must decode into, None when anything goes."""
+        res = self._resolved()
+        if "oneOf" in res or "x-kubernetes-int-or-string" in res:
+            return None
+        kinds = res.get("type")
+        kinds = [kinds] if isinstance(kinds, str) else [k for k in kinds or [] if k != "null"]
+        if "properties" in res or "additionalProperties" in res or kinds == ["object"]:
+            return self.go_name or "map[string]interface {}"
+        if kinds == ["array"]:
+            item = self.items()
+            return "[]" + ((item.go_type or "interface {}") if item else "interface {}")
+        return (
+            {
+                "integer": res.get("format") or "int64",
+                "number": "float64",
+                "boolean": "bool",
+                "string": "string",
+            }.get(kinds[0])
+            if len(kinds) == 1
+            else None
+        )
+
+    @property
     def is_closed_object(self) -> bool:
         return "properties" in self._resolved()
 
@@ -126,3 +156,52 @@ def prune_unknown(obj: Any, node: Node | None) -> Any:
         item = node.items()
         return [prune_unknown(value, item) for value in obj]
     return obj
+
+
+_JSON_KINDS = (
+    (bool, "bool"),
+    (str, "string"),
+    ((int, float), "number"),
+    (dict, "object"),
+    (list, "array"),
+)
+_ACCEPTS = {"bool": ("bool",), "string": ("string",), "number": ("int", "uint", "float")}
+
+
+def _json_kind(value: Any) -> str:
+    return next(name for types, name in _JSON_KINDS if isinstance(value, types))
+
+
+def _fits(value: Any, go_type: str) -> bool:
+    kind = _json_kind(value)
+    if kind == "object":
+        return not go_type.startswith("[]") and go_type not in ("string", "bool")
+    if kind == "array":
+        return go_type.startswith("[]")
+    if kind == "number" and isinstance(value, float) and not value.is_integer():
+        return go_type.startswith("float")
+    return go_type.startswith(_ACCEPTS[kind])
+
+
+def type_error(obj: Any, node: Node | None, path: str = "", struct: str = "") -> str | None:
+    """The first value that cannot decode into its Go field, worded like encoding/json."""
+    if node is None or obj is None:
+        return None
+    go_type = node.go_type
+    if go_type is not None and not _fits(obj, go_type):
+        where = f"{struct}.{path}" if struct else path
+        kind = _json_kind(obj)
+        return f"json: cannot unmarshal {kind} into Go struct field {where} of type {go_type}"
+    if isinstance(obj, dict):
+        inner = node.go_name.split(".")[-1] or struct
+        for key, value in obj.items():
+            found = type_error(value, node.field(key), f"{path}.{key}" if path else key, inner)
+            if found:
+                return found
+    elif isinstance(obj, list):
+        item = node.items()
+        for value in obj:
+            found = type_error(value, item, path, struct)
+            if found:
+                return found
+    return None

@@ -72,6 +72,23 @@ def test_malformed_bodies_are_400_status(http: Http, kubeapi: KubeAPIServer) -> 
     assert wrong_group.json()["message"] == (
         "the API version in the data (v1) does not match the expected API version (apps/v1)"
     )
+    wrong_type = http(
+        "POST",
+        DEPLOYMENTS,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "x"},
+            "spec": {"replicas": "3"},
+        },
+    )
+    assert (wrong_type.status_code, wrong_type.json()["message"]) == (
+        400,
+        (
+            'Deployment in version "v1" cannot be handled as a Deployment: json: cannot unmarshal'
+            " string into Go struct field DeploymentSpec.spec.replicas of type int32"
+        ),
+    )
     assert kubeapi.objects("deployments") == []
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sandbox.kubeapi.patch import merge_patch, strategic_merge
-from sandbox.kubeapi.schema import Node, kind_schema, unknown_fields
+from sandbox.kubeapi.schema import Node, kind_schema, type_error, unknown_fields
 
 
 def _deployment_schema() -> Node:
@@ -138,3 +138,21 @@ def test_unknown_fields_are_reported_with_kube_paths() -> None:
         "spec.template.spec.containers[0].imagePullPolicyy",
     ]
     assert kind_schema(group="monitoring.coreos.com", version="v1", kind="ServiceMonitor") is None
+
+
+def test_type_errors_are_worded_like_gos_json_decoder() -> None:
+    node = _deployment_schema()
+    ports = _pod([{"name": "a", "ports": [{"containerPort": "80"}]}])
+    assert type_error(ports, node, struct="Deployment") == (
+        "json: cannot unmarshal string into Go struct field"
+        " ContainerPort.spec.template.spec.containers.ports.containerPort of type int32"
+    )
+    assert type_error({"spec": "x"}, node, struct="Deployment") == (
+        "json: cannot unmarshal string into Go struct field Deployment.spec"
+        " of type v1.DeploymentSpec"
+    )
+    quantities_and_int_or_string = _pod(
+        [{"name": "a", "resources": {"limits": {"cpu": 1, "memory": "64Mi"}}}],
+    )
+    quantities_and_int_or_string["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": "25%"}}
+    assert type_error(quantities_and_int_or_string, node, struct="Deployment") is None
