@@ -59,7 +59,6 @@ class Workload:
     memory: Memory | None = None  # None: not read from the cluster yet (or stale)
     replicas: int | None = None
     last_t: float = float("-inf")
-    last_observation: Observation | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,12 @@ class PassResult:
     actions: int
     errors: int
     seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"pass {self.number}: {self.workloads} workloads, {self.anomalies} anomalies, "
+            f"{self.actions} actions, {self.errors} errors in {self.seconds:.2f}s"
+        )
 
 
 class Engine:
@@ -164,15 +169,7 @@ class Engine:
             errors=errors,
             seconds=time.monotonic() - started,
         )
-        log.info(
-            "pass %d: %d workloads, %d anomalies, %d actions, %d errors in %.2fs",
-            result.number,
-            result.workloads,
-            result.anomalies,
-            result.actions,
-            result.errors,
-            result.seconds,
-        )
+        log.info("%s", result)
         if self.metrics is not None:
             self.metrics.pass_done(duration_seconds=result.seconds)
             self.metrics.heartbeat(now)
@@ -185,7 +182,6 @@ class Engine:
         x = sample.values.get(key, np.full(len(METRICS), np.nan))
         obs = w.detector.observe(t=now, x=x)
         w.last_t = now
-        w.last_observation = obs
         if w.memory is None:
             self._remember(w)
         replicas = w.replicas if w.replicas is not None else w.target.min_replicas
@@ -199,9 +195,20 @@ class Engine:
             params=self.config.policy,
         )
         if decision.confirmed:
-            self._notify_confirmed(w, obs=obs)
+            self._notify(
+                notify.anomaly_message, w, obs=obs, score=obs.score or 0.0, threshold=obs.threshold
+            )
         if decision.action in ACTIONS:
             decision = self._act(w, first=decision, state=w.state, obs=obs, now=now)
+        if decision.resolved:
+            since = w.state.incident_since
+            self._notify(
+                notify.resolved_message,
+                w,
+                obs=obs,
+                replicas=w.replicas,
+                duration_seconds=None if since is None else now - since,
+            )
         w.state = decision.state
         self._report(w, obs=obs, decision=decision, missing=sample.missing(key))
         return decision
@@ -272,7 +279,7 @@ class Engine:
             w.memory = decision.memory
             self.kube.patch_scale(namespace=ns, name=name, replicas=decision.replicas_after)
         except KubeError as err:
-            result = _result_of(err)
+            result = RESULTS.get(type(err), "error")
             log.error(
                 "%s %d->%d failed (%s): %s",
                 decision.action,
@@ -293,18 +300,17 @@ class Engine:
         self, w: Workload, *, obs: Observation, decision: Decision, result: str
     ) -> None:
         self._count_action(w, action=decision.action, result=result)
-        payload = notify.action_message(
-            workload=w.target.key,
+        self._notify(
+            notify.action_message,
+            w,
+            obs=obs,
             action=decision.action,
             replicas_before=decision.replicas_before,
             replicas_after=decision.replicas_after,
             reason=decision.reason,
             score=obs.score,
             threshold=obs.threshold,
-            metrics=_metric_lines(obs),
-            dry_run=self.config.dry_run,
         )
-        self.notifier.send(payload)
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -337,29 +343,15 @@ class Engine:
             self.metrics.workload(
                 key, score=obs.score, anomaly=decision.anomaly, replicas=w.replicas
             )
-        if decision.resolved:
-            since = w.state.incident_since
-            self.notifier.send(
-                notify.resolved_message(
-                    workload=key,
-                    duration_seconds=None if since is None else obs.t - since,
-                    replicas=w.replicas,
-                    metrics=_metric_lines(obs),
-                    dry_run=self.config.dry_run,
-                )
-            )
 
-    def _notify_confirmed(self, w: Workload, *, obs: Observation) -> None:
-        """Once per incident, before any action it leads to."""
-        self.notifier.send(
-            notify.anomaly_message(
-                workload=w.target.key,
-                score=obs.score if obs.score is not None else 0.0,
-                threshold=obs.threshold,
-                metrics=_metric_lines(obs),
-                dry_run=self.config.dry_run,
-            )
+    def _notify(
+        self, build: Callable[..., dict[str, Any]], w: Workload, *, obs: Observation, **fields: Any
+    ) -> None:
+        """One Slack message: anomaly confirmed, action taken, or resolved."""
+        payload = build(
+            workload=w.target.key, metrics=_metric_lines(obs), dry_run=self.config.dry_run, **fields
         )
+        self.notifier.send(payload)
 
     def _count_action(self, w: Workload, *, action: str, result: str) -> None:
         if self.metrics is not None:
@@ -397,14 +389,11 @@ def _not_applied(decision: Decision, *, why: str) -> Decision:
     )
 
 
-def _result_of(err: KubeError) -> str:
-    if isinstance(err, Conflict):
-        return "conflict"
-    if isinstance(err, Forbidden):
-        return "forbidden"
-    if isinstance(err, NotFound):
-        return "not_found"
-    return "error"
+RESULTS: dict[type[KubeError], str] = {
+    Conflict: "conflict",
+    Forbidden: "forbidden",
+    NotFound: "not_found",
+}
 
 
 def _seen(obs: Observation) -> str:

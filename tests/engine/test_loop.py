@@ -392,3 +392,15 @@ def test_run_forever_stops_on_the_event_after_the_current_pass() -> None:
     engine.run_forever(stop=stop)
     assert engine.passes == 3
     assert source.calls == ["history", "sample", "sample", "sample"]
+
+
+def test_resolution_is_announced_once_with_its_duration() -> None:
+    r = rig(kube=FakeKube(hpas={"web"}))  # alert-only: no scaling in the way
+    r.source.surge_from = T0 + 1
+    r.passes(5, start=T0 + 1)  # confirmed at T0 + 3
+    r.source.surge_from = float("inf")
+    r.passes(6, start=T0 + 6)  # three normal samples resolve it
+    texts = r.notifier.texts()
+    assert len(texts) == 2
+    assert texts[0].startswith("AegisOps: Anomaly on shop/web: score ")
+    assert texts[1] == "AegisOps: Resolved on shop/web after 5 s"
