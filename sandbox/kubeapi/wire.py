@@ -81,8 +81,7 @@ class App:
     def serve(self, h: _Handler) -> None:
         info = parse(h.command, h.path)
         content_type = (h.headers.get("Content-Type") or "").split(";")[0].strip()
-        length = int(h.headers.get("Content-Length") or 0)
-        raw = h.rfile.read(length) if length > 0 else b""
+        raw = h.read_body()
         body, body_error = parse_body(raw, content_type)
         user = self.authenticate(h.headers.get("Authorization"))
         entry = RequestEntry(
@@ -266,6 +265,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # the request log replaces stderr lines
+
+    def read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            parts = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after each chunk
+            while self.rfile.readline().strip():
+                pass  # trailers, up to the empty line
+            return b"".join(parts)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
 
     def drop(self) -> None:
         self.close_connection = True

@@ -31,7 +31,8 @@ class Http:
         ctype: str = "application/json",
         **params: str,
     ) -> requests.Response:
-        data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
+        raw = isinstance(body, (str, bytes, Iterator)) or body is None
+        data = body if raw else json.dumps(body)
         return self.session.request(
             method,
             self.api.url + path,
@@ -116,6 +117,16 @@ def test_yaml_create_and_warn_mode_drops_unknown_fields(
             ' unknown field "spec.bogus"'
         ),
     )
+
+
+def test_chunked_request_body(http: Http, kubeapi: KubeAPIServer) -> None:
+    def pieces() -> Iterator[bytes]:
+        yield b'{"apiVersion": "v1", "kind": "ConfigMap",'
+        yield b' "metadata": {"name": "chunky"}, "data": {"k": "v"}}'
+
+    created = http("POST", f"/api/v1/namespaces/{NS}/configmaps", pieces())
+    assert created.status_code == 201
+    assert kubeapi.get("configmaps", NS, "chunky")["data"] == {"k": "v"}
 
 
 def test_unknown_resources_are_404(http: Http) -> None:
