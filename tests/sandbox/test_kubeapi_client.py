@@ -118,7 +118,7 @@ def test_stale_resource_version_is_a_409_conflict(
             {"metadata": {"resourceVersion": stale, "annotations": {"b": "2"}}},
             _content_type="application/merge-patch+json",
         )
-    assert conflict.value.status == 409
+    assert (conflict.value.status, conflict.value.reason) == (409, "Conflict")
     body = conflict.value.body
     assert '"reason": "Conflict"' in body
     assert (
