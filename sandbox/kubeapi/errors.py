@@ -82,7 +82,7 @@ def namespace_not_found(namespace: str) -> ApiError:
     )
 
 
-def resource_not_found(path: str) -> ApiError:
+def resource_not_found() -> ApiError:
     return ApiError(
         code=404, message="the server could not find the requested resource", details={}
     )

@@ -64,7 +64,7 @@ class Handlers:
         if rt.kind == "SelfSubjectAccessReview":
             return self._access_review(req)
         if info.subresource and info.subresource not in rt.subresources:
-            raise errors.resource_not_found(info.path)
+            raise errors.resource_not_found()
         verb = info.verb
         if verb in ("list", "watch", "deletecollection"):
             return getattr(self, f"_{verb}")(req, rt)

@@ -44,9 +44,11 @@ def parse_body(raw: bytes, content_type: str) -> tuple[Any, errors.ApiError | No
         if "yaml" in content_type:
             return yaml.safe_load(text), None
         return json.loads(text), None
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        detail = str(exc).splitlines()[0]
-        return text, errors.bad_request(f"couldn't get version/kind; json parse error: {detail}")
+    except json.JSONDecodeError as exc:
+        return text, errors.bad_request(f"couldn't get version/kind; json parse error: {exc}")
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        return text, errors.bad_request(f"error converting YAML to JSON: yaml: {detail}")
 
 
 class App:
@@ -137,7 +139,7 @@ class App:
         if not info.is_resource:
             return self._non_resource(info)
         if info.rt is None:
-            raise errors.resource_not_found(info.path)
+            raise errors.resource_not_found()
         self._authorize(info, entry, user or "")
         if body_error is not None:
             raise body_error
@@ -194,7 +196,7 @@ class App:
     def _non_resource(self, info: RequestInfo) -> Response:
         doc = _discovery(info.path)
         if doc is None:
-            raise errors.resource_not_found(info.path)
+            raise errors.resource_not_found()
         return Response(200, doc)
 
 

@@ -65,6 +65,7 @@ def test_malformed_bodies_are_400_status(http: Http, kubeapi: KubeAPIServer) -> 
 
     bad_yaml = http("POST", DEPLOYMENTS, "kind: [unclosed", ctype="application/yaml")
     assert bad_yaml.status_code == 400
+    assert bad_yaml.json()["message"].startswith("error converting YAML to JSON: yaml: ")
     not_object = http("POST", DEPLOYMENTS, "[1, 2]")
     assert not_object.json()["message"] == ("the body of the request must be a JSON or YAML object")
     wrong_group = http(
