@@ -65,17 +65,12 @@ class Handlers:
             return self._access_review(req)
         if info.subresource and info.subresource not in rt.subresources:
             raise errors.resource_not_found()
-        verb = info.verb
-        if verb in ("list", "watch", "deletecollection"):
-            return getattr(self, f"_{verb}")(req, rt)
-        if verb == "create":
-            if info.name:
-                raise errors.ApiError(
-                    code=405,
-                    message="the server does not allow this method on the requested resource",
-                )
-            return self._create(req, rt)
-        return getattr(self, f"_{verb}")(req, rt)
+        if info.verb == "create" and info.name:
+            raise errors.ApiError(
+                code=405, message="the server does not allow this method on the requested resource"
+            )
+        verb: Callable[[Request, ResourceType], Response] = getattr(self, f"_{info.verb}")
+        return verb(req, rt)
 
     # ---- helpers ----
 
