@@ -125,13 +125,18 @@ def test_missing_binaries_without_apt_is_a_clear_error(
 def test_rule_files_are_evaluated_and_reload_rereads_them(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(
-        "groups:\n  - name: demo\n    rules:\n      - record: demo:answer\n        expr: vector(41)\n"
+        "groups:\n"
+        "  - name: demo\n"
+        "    rules:\n"
+        "      - record: demo:answer\n"
+        "        expr: vector(41)\n"
     )
     with PrometheusServer(rule_files=[rules]) as prom:
         wait_until(lambda: prom.scalar("demo:answer") == 41, timeout=15, message="rule evaluated")
         rules.write_text(rules.read_text().replace("vector(41)", "vector(42)"))
         prom.reload()
         wait_until(lambda: prom.scalar("demo:answer") == 42, timeout=15, message="rule reloaded")
-        two = 'label_replace(vector(1), "x", "a", "", "") or label_replace(vector(2), "x", "b", "", "")'
+        one_a = 'label_replace(vector(1), "x", "a", "", "")'
+        two = f'{one_a} or label_replace(vector(2), "x", "b", "", "")'
         with pytest.raises(PrometheusError, match="returned 2 series, expected one"):
             prom.scalar(two)
