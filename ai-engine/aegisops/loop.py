@@ -1,16 +1,12 @@
 """The loop: one pass = query, score, decide, act, report; `run_forever` repeats it.
 
-The engine holds, per target, a `WorkloadDetector` and a `PolicyState`; everything that
-must survive a restart (cooldown, original replicas) is read from and written to the
-Deployment's annotations through `KubeClient`. Kubernetes is called in proportion to
-actions, not passes: the Deployment is read when a workload is first seen (so a restarted
-engine knows its cooldown) and re-read, with its Scale and the namespace's HPAs, only when
-the policy wants to act. Acting writes the annotations first, with the resourceVersion
-precondition, then patches the scale: a crash in between leaves a recorded action that
-did not happen (no second action), never an action that was not recorded.
-
-Everything that goes wrong is caught and logged per pass and per workload; the loop
-never stops for a bad sample, a failed query or a refused API call.
+Per target: a `WorkloadDetector` and a `PolicyState` here; what must survive a restart
+lives in the Deployment's annotations. Kubernetes is called in proportion to actions: the
+Deployment is read when a workload is first seen (a restarted engine knows its cooldown)
+and re-read, with its Scale and the HPAs, only when the policy wants to act. Acting writes
+the annotations first (resourceVersion precondition), then patches the scale: a crash in
+between errs on the side of not acting twice. Everything is caught and logged per pass
+and per workload; the loop never stops for a bad sample, query or API call.
 """
 
 from __future__ import annotations
@@ -261,40 +257,70 @@ class Engine:
             w.memory = decision.memory  # the cooldown holds in this process
             self._action_done(w, obs=obs, decision=decision, result="dry_run")
             return decision
-        result = self._apply(w, decision=decision, resource_version=deployment.resource_version)
+        result = self._apply(
+            w, decision=decision, before=memory, resource_version=deployment.resource_version
+        )
         if result != "applied":
             return _not_applied(decision, why=result)
         self._action_done(w, obs=obs, decision=decision, result=result)
         return decision
 
-    def _apply(self, w: Workload, *, decision: Decision, resource_version: str) -> str:
-        """Annotations (with the precondition), then the scale. Returns the result label."""
-        ns, name, key = w.target.namespace, w.target.deployment, w.target.key
-        annotations: dict[str, str | None] = dict.fromkeys(ANNOTATION_KEYS)
-        annotations.update(memory_to_annotations(decision.memory))
+    def _apply(
+        self, w: Workload, *, decision: Decision, before: Memory, resource_version: str
+    ) -> str:
+        """Annotations (with the precondition), then the scale. Returns the result label.
+
+        If the scale PATCH fails after the annotations were written, they are put back
+        (best effort, again with a precondition) so the next pass may try again.
+        """
+        ns, name = w.target.namespace, w.target.deployment
+        written = None
         try:
-            self.kube.patch_annotations(
-                namespace=ns, name=name, annotations=annotations, resource_version=resource_version
+            written = self.kube.patch_annotations(
+                namespace=ns,
+                name=name,
+                annotations=_annotations(decision.memory),
+                resource_version=resource_version,
             )
             w.memory = decision.memory
             self.kube.patch_scale(namespace=ns, name=name, replicas=decision.replicas_after)
         except KubeError as err:
             result = RESULTS.get(type(err), "error")
-            log.error(
-                "%s %d->%d failed (%s): %s",
-                decision.action,
-                decision.replicas_before,
-                decision.replicas_after,
-                result,
-                err,
-                extra=_on(key, action=decision.action, result=result),
-            )
-            if result == "conflict":
+            self._failed(w, decision=decision, result=result, err=err)
+            if written is not None:
+                self._undo(w, before=before, resource_version=written.resource_version)
+            elif result == "conflict":
                 w.memory = None  # someone else wrote: re-read before the next decision
-            self._count_action(w, action=decision.action, result=result)
             return result
         w.replicas = decision.replicas_after
         return "applied"
+
+    def _undo(self, w: Workload, *, before: Memory, resource_version: str) -> None:
+        ns, name, key = w.target.namespace, w.target.deployment, w.target.key
+        try:
+            self.kube.patch_annotations(
+                namespace=ns,
+                name=name,
+                annotations=_annotations(before),
+                resource_version=resource_version,
+            )
+        except KubeError as err:
+            log.error("could not put the annotations back: %s", err, extra=_on(key))
+            return
+        w.memory = before
+        log.warning("annotations put back; the next pass may try again", extra=_on(key))
+
+    def _failed(self, w: Workload, *, decision: Decision, result: str, err: KubeError) -> None:
+        log.error(
+            "%s %d->%d failed (%s): %s",
+            decision.action,
+            decision.replicas_before,
+            decision.replicas_after,
+            result,
+            err,
+            extra=_on(w.target.key, action=decision.action, result=result),
+        )
+        self._count_action(w, action=decision.action, result=result)
 
     def _action_done(
         self, w: Workload, *, obs: Observation, decision: Decision, result: str
@@ -363,15 +389,20 @@ class Engine:
 
     # -- forever -------------------------------------------------------------------------
 
-    def run_forever(self, *, stop: threading.Event, max_passes: int | None = None) -> None:
+    def run_forever(self, *, stop: threading.Event) -> None:
         """Train, then pass after pass until `stop` is set (SIGTERM finishes the pass)."""
         self.train_from_history(now=self.clock())
         while not stop.is_set():
             began = time.monotonic()
             self.run_pass(self.clock())
-            if max_passes is not None and self.passes >= max_passes:
-                return
             stop.wait(max(0.0, self.config.poll_interval_seconds - (time.monotonic() - began)))
+
+
+def _annotations(memory: Memory) -> dict[str, str | None]:
+    """The merge patch for `memory`: our keys it does not set are removed (null)."""
+    annotations: dict[str, str | None] = dict.fromkeys(ANNOTATION_KEYS)
+    annotations.update(memory_to_annotations(memory))
+    return annotations
 
 
 def _on(key: str, **fields: Any) -> dict[str, Any]:
@@ -397,15 +428,13 @@ RESULTS: dict[type[KubeError], str] = {
 
 
 def _seen(obs: Observation) -> str:
-    parts = []
-    for metric in METRICS:
-        value = obs.values.get(metric)
-        text = f"{metric}={notify.format_value(metric, value)}"
-        base = obs.baseline.get(metric)
-        if base is not None:
-            text += f" (baseline {notify.format_value(metric, base)})"
-        parts.append(text)
-    return " ".join(parts)
+    """`rps=9.00 req/s (baseline 9.89 req/s) p95_latency_seconds=73 ms (baseline 74 ms) ...`"""
+    show, base = notify.format_value, obs.baseline
+    return " ".join(
+        f"{m}={show(m, obs.values.get(m))}"
+        + (f" (baseline {show(m, base[m])})" if m in base else "")
+        for m in METRICS
+    )
 
 
 def _score(obs: Observation) -> str:

@@ -404,3 +404,29 @@ def test_resolution_is_announced_once_with_its_duration() -> None:
     assert len(texts) == 2
     assert texts[0].startswith("AegisOps: Anomaly on shop/web: score ")
     assert texts[1] == "AegisOps: Resolved on shop/web after 5 s"
+
+
+def test_a_failed_scale_puts_the_annotations_back_so_the_next_pass_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    kube = FakeKube(fail={"patch_scale": KubeUnavailable("patch deployments/scale: 503")})
+    r = rig(kube=kube)
+    r.source.surge_from = T0
+    results = r.passes(5, start=T0 + 1)
+    assert [p.actions for p in results] == [0, 0, 0, 1, 0]
+    patches = [(name, arg) for name, arg in r.kube.calls if name.startswith("patch")]
+    assert [name for name, _ in patches] == [
+        "patch_annotations",  # T0+3: record the action
+        "patch_scale",  # ... which fails
+        "patch_annotations",  # ... so the record is undone
+        "patch_annotations",  # T0+4: record again
+        "patch_scale",  # ... and scale
+    ]
+    assert patches[2][1] == dict.fromkeys(
+        (ORIGINAL_REPLICAS, LAST_ACTION, "aegisops.dev/last-action-at", COOLDOWN_UNTIL)
+    )
+    assert r.kube.replicas == 2
+    assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
+    assert "scale_up 1->2 failed (error): patch deployments/scale: 503" in caplog.text
+    assert "annotations put back; the next pass may try again" in caplog.text
