@@ -208,7 +208,10 @@ class SlackReceiver:
 
 
 def _print_message(record: Received) -> None:
-    payload = json.dumps(record.json, indent=2) if record.json is not None else record.body
+    if record.json is not None:
+        payload = json.dumps(record.json, indent=2)
+    else:
+        payload = record.body.decode(errors="replace")
     print(f"POST {record.path} -> {record.status} {record.reply}\n{payload}", flush=True)
 
 

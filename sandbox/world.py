@@ -232,9 +232,9 @@ class World:
 
     def deployment(self) -> dict[str, Any]:
         """The aegisops-app Deployment as the API serves it (plain JSON)."""
-        response = self.apps.read_namespaced_deployment(
+        response: Any = self.apps.read_namespaced_deployment(
             DEPLOYMENT, NAMESPACE, _preload_content=False, _request_timeout=10
-        )
+        )  # raw urllib3 response: plain JSON, no model round trip
         result: dict[str, Any] = json.loads(response.data)
         return result
 
