@@ -6,12 +6,15 @@ times run_backtest over it once per retrain interval asked for. Prints one line 
 run: throughput, and how many confirmed incidents match an injected one. Usage:
 
     .venv/bin/python bench/backtest_throughput.py [--rows 50000] [--seed 7]
-        [--retrain-every 10000] [--repeat 3] [--daily-amplitude 0.0]
+        [--retrain-every N,N...] [--repeat 3] [--daily-amplitude 0,0.3]
+
+By default it runs the detector defaults on two traces: steady (with drift) and a
++/-30% daily cycle.
 
 The best of --repeat runs is reported (the machine is shared; the best run is the
 least disturbed one). Each retrain fits 100 trees (~0.1 s) and each block between
-retrains costs one score_samples call (~7 ms), so throughput is set by
-retrain_every_samples; see bench/README.md.
+retrains costs one score_samples call (~7 ms), so throughput is set by the number
+of retrains; see bench/README.md.
 """
 
 from __future__ import annotations
@@ -70,21 +73,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--retrain-every", default="10000", help="comma-separated")
+    parser.add_argument(
+        "--retrain-every", default="", help="comma-separated; default: the detector default"
+    )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--daily-amplitude", type=float, default=0.0, help="e.g. 0.3 = +/-30%%")
+    parser.add_argument(
+        "--daily-amplitude", default="0,0.3", help="comma-separated, e.g. 0.3 = +/-30%%"
+    )
     args = parser.parse_args(argv)
-    intervals = [int(x) for x in args.retrain_every.split(",")]
+    default = DetectorParams().retrain_every_samples
+    intervals = [int(x) for x in args.retrain_every.split(",") if x] or [default]
+    print(f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
+    for amplitude in [float(a) for a in args.daily_amplitude.split(",")]:
+        _trace_runs(args, amplitude=amplitude, intervals=intervals)
+    return 0
+
+
+def _trace_runs(args: argparse.Namespace, *, amplitude: float, intervals: list[int]) -> None:
     with tempfile.TemporaryDirectory(prefix="aegisops-bench-") as tmp:
         source, output = Path(tmp) / "trace.csv", Path(tmp) / "scored.csv"
-        incidents = write_trace(
-            source, rows=args.rows, seed=args.seed, daily_amplitude=args.daily_amplitude
-        )
+        incidents = write_trace(source, rows=args.rows, seed=args.seed, daily_amplitude=amplitude)
         print(
             f"trace: {args.rows} rows x 3 metrics, seed {args.seed}, "
-            f"daily amplitude {args.daily_amplitude}, incidents {incidents}"
+            f"daily amplitude {amplitude}, incidents {incidents}"
         )
-        print(f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
         for every in intervals:
             params = DetectorParams(retrain_every_samples=every)
             best = float("inf")
@@ -96,12 +108,11 @@ def main(argv: list[str] | None = None) -> int:
                 best = min(best, time.perf_counter() - start)
             caught, false = _match(output, incidents)
             print(
-                f"retrain_every_samples={every} (other detector params default): "
+                f"  retrain_every_samples={every} (other detector params default): "
                 f"{summary.rows / best:,.0f} rows/s ({best:.2f} s best of {args.repeat}); "
                 f"confirmed incidents: {caught}/{len(incidents)} injected caught, "
                 f"{false} false"
             )
-    return 0
 
 
 def _match(output: Path, incidents: list[tuple[str, int, int]]) -> tuple[int, int]:

@@ -199,14 +199,16 @@ SCHEMA: Schema = {
         "baseline_samples": count(240, minimum=8),
         "cold_start_seconds": Field(float, 120.0, minimum=0),
         "idle_rps_below": Field(float, 0.05, minimum=0),
-        "n_estimators": count(100, minimum=2),
+        "n_estimators": count(50, minimum=2),
         "max_samples": count(256, minimum=2),
         "seed": count(42, minimum=0),
         "threshold_quantile": Field(float, 0.995, minimum=0, above=True, maximum=1, below=True),
-        "retrain_every_samples": count(240),
-        "max_training_samples": count(2000, minimum=8),
+        "retrain_every_samples": count(5760),
+        "max_training_samples": count(5760, minimum=8),
         "gap_factor": Field(float, 5.0, minimum=1, above=True),
         "deviation_z": positive(3.0),
+        "learn_score_below": Field(float, 0.75, minimum=0.5, maximum=1),
+        "adapt_after_samples": Field(int, None, minimum=8, nullable=True),
     },
     "policy": {
         "consecutive_anomalies": count(3),
@@ -289,6 +291,13 @@ def parse_config(raw: Mapping[str, Any], *, env: Mapping[str, str]) -> Config:
             f"must be >= detector.baseline_samples ({detector['baseline_samples']}), "
             f"got {detector['max_training_samples']}",
             key="detector.max_training_samples",
+        )
+    adapt = detector["adapt_after_samples"]
+    if adapt is not None and adapt < detector["baseline_samples"]:
+        raise ConfigError(
+            f"must be >= detector.baseline_samples ({detector['baseline_samples']}), "
+            f"or null, got {adapt}",
+            key="detector.adapt_after_samples",
         )
     return _build(values, targets, webhook=_webhook(values["slack"]["webhook_env"], env))
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
+
+from aegisops.forest import Clock, ForestParams, Model, Schedule, Training, train
+from aegisops.forest import to_score as to_score  # re-exported: part of the public API
 
 METRICS: tuple[str, ...] = ("rps", "p95_latency_seconds", "memory_bytes")
 RPS = "rps"
@@ -27,8 +28,6 @@ Direction = Literal["up", "down"]
 SCORE_THRESHOLD = 0.5
 """On the anomaly-score scale the calibrated threshold is always 0.5 (see `to_score`)."""
 
-_MAD_TO_SIGMA = 1.4826
-
 
 @dataclass(frozen=True, kw_only=True)
 class DetectorParams:
@@ -37,18 +36,45 @@ class DetectorParams:
     baseline_samples: int = 240
     cold_start_seconds: float = 120.0
     idle_rps_below: float = 0.05
-    n_estimators: int = 100
+    n_estimators: int = 50
     max_samples: int = 256
     seed: int = 42
     threshold_quantile: float = 0.995
-    retrain_every_samples: int = 240
-    max_training_samples: int = 2000
+    retrain_every_samples: int = 5760
+    """Scored samples between two retrains once the training window is full (a day at 15 s)."""
+    max_training_samples: int = 5760
+    """Most recent normal samples trained on (a day at 15 s, so a daily cycle is normal)."""
     gap_factor: float = 5.0
     """A step longer than gap_factor x the typical step restarts the cold start."""
     deviation_z: float = 3.0
     """|robust z| at or above which a metric is reported as deviating."""
     learn_score_below: float = 0.75
     """Scored samples up to this anomaly score are learned (clear anomalies never are)."""
+    adapt_after_samples: int | None = None
+    """Anomalous samples in a row after which they are the new normal (re-baseline on
+    them). None: 4 x baseline_samples. At least baseline_samples."""
+
+    @property
+    def adapt_after(self) -> int:
+        """`adapt_after_samples`, resolved."""
+        return self.adapt_after_samples or 4 * self.baseline_samples
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(
+            max_training_samples=self.max_training_samples,
+            retrain_every_samples=self.retrain_every_samples,
+            adapt_after_samples=self.adapt_after,
+        )
+
+    @property
+    def forest(self) -> ForestParams:
+        return ForestParams(
+            n_estimators=self.n_estimators,
+            max_samples=self.max_samples,
+            seed=self.seed,
+            threshold_quantile=self.threshold_quantile,
+        )
 
     def __post_init__(self) -> None:
         problems = _param_problems(self)
@@ -73,6 +99,10 @@ def _param_problems(p: DetectorParams) -> list[str]:
         (p.gap_factor > 1, "gap_factor must be > 1"),
         (p.deviation_z > 0, "deviation_z must be > 0"),
         (SCORE_THRESHOLD <= p.learn_score_below <= 1, "learn_score_below must be in [0.5, 1]"),
+        (
+            p.adapt_after_samples is None or p.adapt_after_samples >= p.baseline_samples,
+            "adapt_after_samples must be >= baseline_samples (or None)",
+        ),
     ]
     return [f"{message}, got {_got(p, message)}" for ok, message in checks if not ok]
 
@@ -117,152 +147,6 @@ class Observation:
     imputed: tuple[str, ...] = ()
 
 
-def to_score(value: np.ndarray, threshold: float, *, top: float | None) -> np.ndarray:
-    """Map a raw anomaly measure to [0, 1] so that the calibrated threshold lands on 0.5.
-
-    Monotonic: 0 -> 0 and `threshold` -> 0.5, linearly. Above the threshold it is
-    linear up to `top` -> 1 for a bounded measure (Isolation Forest's s(x) <= 1), or
-    1 - 0.5 * threshold / value for an unbounded one (robust z; twice the threshold
-    gives 0.75).
-    """
-    threshold = max(threshold, 1e-12)
-    low = 0.5 * value / threshold
-    if top is None:
-        high = 1.0 - 0.5 * threshold / np.maximum(value, threshold)
-    else:
-        high = 0.5 + 0.5 * (value - threshold) / max(top - threshold, 1e-12)
-    return np.clip(np.where(value <= threshold, low, high), 0.0, 1.0)
-
-
-def _robust(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-metric median and robust sigma (1.4826 * MAD, floored so flat series work)."""
-    median = np.median(X, axis=0)
-    mad = np.median(np.abs(X - median), axis=0)
-    return median, np.maximum(_MAD_TO_SIGMA * mad, np.maximum(1e-3 * np.abs(median), 1e-12))
-
-
-@dataclass(frozen=True)
-class _Model:
-    """Two half-forests trained on interleaved halves of the training set.
-
-    Together they are one forest of `n_estimators` trees (each tree saw half the
-    data); each half scores the other half's samples out of sample, and the
-    thresholds are the `threshold_quantile` of those held-out values.
-    """
-
-    forests: tuple[IsolationForest, IsolationForest]
-    weights: tuple[float, float]
-    raw_threshold: float
-    z_threshold: float
-    median: np.ndarray
-    scale: np.ndarray
-    baseline: Mapping[str, float]
-
-    def raw_scores(self, X: np.ndarray) -> np.ndarray:
-        """Isolation Forest s(x) in (0, 1] of the whole forest (mean path length over trees)."""
-        log_a = np.log2(-self.forests[0].score_samples(X))
-        log_b = np.log2(-self.forests[1].score_samples(X))
-        return np.asarray(np.exp2(self.weights[0] * log_a + self.weights[1] * log_b))
-
-    def scores(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(anomaly score in [0, 1], forest s(x), robust z per metric) for complete rows."""
-        raw = self.raw_scores(X)
-        z = (X - self.median) / self.scale
-        forest = to_score(raw, self.raw_threshold, top=1.0)
-        envelope = to_score(np.abs(z).max(axis=1), self.z_threshold, top=None)
-        return np.maximum(forest, envelope), raw, z
-
-
-def _train(X: np.ndarray, *, params: DetectorParams, metrics: Sequence[str]) -> _Model:
-    X = X[len(X) % 2 :]  # equal halves, so both half-forests share one path-length scale
-    halves = (X[0::2], X[1::2])
-    psi = min(params.max_samples, len(halves[0]))
-    trees = (params.n_estimators // 2, params.n_estimators - params.n_estimators // 2)
-    forests = (
-        IsolationForest(n_estimators=trees[0], max_samples=psi, random_state=params.seed),
-        IsolationForest(n_estimators=trees[1], max_samples=psi, random_state=params.seed + 1),
-    )
-    forests[0].fit(halves[0])
-    forests[1].fit(halves[1])
-    held_raw = np.concatenate(
-        [-forests[1].score_samples(halves[0]), -forests[0].score_samples(halves[1])]
-    )
-    recent = X[-params.baseline_samples :]  # the baseline for robust z: the latest normal data
-    pair = (recent[0::2], recent[1::2])
-    (med_a, scale_a), (med_b, scale_b) = _robust(pair[0]), _robust(pair[1])
-    held_z = np.concatenate(
-        [
-            np.abs((pair[0] - med_b) / scale_b).max(axis=1),
-            np.abs((pair[1] - med_a) / scale_a).max(axis=1),
-        ]
-    )
-    median, scale = _robust(recent)
-    q = params.threshold_quantile
-    return _Model(
-        forests=forests,
-        weights=(trees[0] / params.n_estimators, trees[1] / params.n_estimators),
-        raw_threshold=float(np.quantile(held_raw, q)),
-        z_threshold=float(np.quantile(held_z, q)),
-        median=median,
-        scale=scale,
-        baseline=MappingProxyType(dict(zip(metrics, median.tolist(), strict=True))),
-    )
-
-
-_STEP_WINDOW = 32
-
-
-class _Clock:
-    """Stream time: which samples fall in a cold start (after the start or a gap).
-
-    The typical step is the median of the previous (up to) 32 steps; a step longer
-    than `gap_factor` times it is a gap (a restart, a scrape outage) and starts a new
-    cold start of `cold_start_seconds`.
-    """
-
-    def __init__(self, *, params: DetectorParams) -> None:
-        self._params = params
-        self._last_t: float | None = None
-        self._steps = np.empty(0)
-        self._restart_t = 0.0
-
-    def cold(self, t: np.ndarray) -> np.ndarray:
-        """Cold-start mask for the next timestamps (strictly increasing); advances the clock."""
-        if not np.all(np.isfinite(t)):
-            raise ValueError("timestamps must be finite numbers")
-        prev = np.concatenate([[] if self._last_t is None else [self._last_t], t])
-        if np.any(np.diff(prev) <= 0):
-            raise ValueError("timestamps must be strictly increasing")
-        dt = np.diff(prev)
-        restart = np.zeros(len(t), dtype=bool)
-        first = 0
-        if self._last_t is None:
-            restart[0], first = True, 1
-        seq = np.concatenate([self._steps, dt])
-        typical = _typical_steps(seq, offset=len(self._steps))
-        restart[first:] = dt > self._params.gap_factor * typical
-        starts = np.where(restart, t, -np.inf)
-        starts = np.maximum(
-            np.maximum.accumulate(starts), self._restart_t if first == 0 else -np.inf
-        )
-        self._last_t, self._steps = float(t[-1]), seq[-_STEP_WINDOW:]
-        self._restart_t = float(starts[-1])
-        return np.asarray((t - starts) < self._params.cold_start_seconds)
-
-
-def _typical_steps(seq: np.ndarray, *, offset: int) -> np.ndarray:
-    """For each step seq[i], i >= offset: median of the up-to-32 steps before it (NaN: none)."""
-    out = np.full(len(seq) - offset, np.nan)
-    for i in range(offset, min(len(seq), _STEP_WINDOW)):
-        if i > 0:
-            out[i - offset] = np.median(seq[:i])
-    start = max(offset, _STEP_WINDOW)
-    if start < len(seq):
-        windows = np.lib.stride_tricks.sliding_window_view(seq[:-1], _STEP_WINDOW)
-        out[start - offset :] = np.median(windows[start - _STEP_WINDOW :], axis=1)
-    return out
-
-
 class WorkloadDetector:
     """Learns one workload's normal behaviour online and scores each new sample.
 
@@ -281,10 +165,15 @@ class WorkloadDetector:
         self._reset()
 
     def _reset(self) -> None:
-        self._clock = _Clock(params=self.params)
-        self._buffer = np.empty((0, len(self.metrics)))
-        self._model: _Model | None = None
-        self._since_train = 0
+        self._clock = Clock(
+            gap_factor=self.params.gap_factor,
+            cold_start_seconds=self.params.cold_start_seconds,
+        )
+        self._training = Training(width=len(self.metrics), schedule=self.params.schedule)
+        self._model: Model | None = None
+
+    def _fit(self, X: np.ndarray) -> None:
+        self._model = train(X, params=self.params.forest, metrics=self.metrics)
 
     @property
     def ready(self) -> bool:
@@ -294,7 +183,7 @@ class WorkloadDetector:
     @property
     def training_samples(self) -> int:
         """How many normal samples the next (re)training would use."""
-        return len(self._buffer)
+        return len(self._training.samples)
 
     def fit_history(
         self, *, timestamps: Sequence[float], X: Sequence[Sequence[float | None]]
@@ -348,7 +237,7 @@ class WorkloadDetector:
         return observations
 
     def _unscored(
-        self, batch: _Batch, *, status: np.ndarray, rows: range, model: _Model | None
+        self, batch: _Batch, *, status: np.ndarray, rows: range, model: Model | None
     ) -> None:
         """Observations for the missing/cold/idle rows in `rows`, under `model`'s baseline."""
         baseline = model.baseline if model else {}
@@ -365,46 +254,73 @@ class WorkloadDetector:
         t, values, partial, out = batch.t, batch.values, batch.partial, batch.out
         pending = usable[u:]
         clean = pending[~partial[pending]]
-        need = self.params.baseline_samples - len(self._buffer)
+        need = self.params.baseline_samples - self.training_samples
         take = clean[:need]
         end = len(usable) if len(take) < need else u + int(np.searchsorted(pending, take[-1])) + 1
-        self._buffer = np.concatenate([self._buffer, values[take]])
+        self._training.learn(values[take])
         for i in usable[u:end]:
             out[i] = Observation(t=float(t[i]), status="learning", values=self._values(values[i]))
-        if len(self._buffer) >= self.params.baseline_samples:
-            self._model = _train(self._buffer, params=self.params, metrics=self.metrics)
-            self._since_train = 0
+        if self.training_samples >= self.params.baseline_samples:
+            self._fit(self._training.fitted())
         return end
 
     def _score(self, batch: _Batch, *, usable: np.ndarray, u: int) -> int:
-        """Score usable rows up to the next retrain point with one score_samples call."""
-        t, values, out = batch.t, batch.values, batch.out
+        """Score usable rows up to the next retrain point with one score_samples call.
+
+        The block is cut right after the row that triggers a retrain (see `_cut`);
+        later rows are scored by the next call, under the new model.
+        """
         model = self._model
         assert model is not None
-        idx = usable[u : u + self.params.retrain_every_samples - self._since_train]
-        x = values[idx]
-        holes = np.isnan(x)
-        x = np.where(holes, model.median, x)
+        idx = usable[u : u + self._training.block]
+        holes = np.isnan(batch.values[idx])
+        x = np.where(holes, model.median, batch.values[idx])
         score, raw, z = model.scores(x)
         anomalous = score > SCORE_THRESHOLD
-        learned = (score <= self.params.learn_score_below) & ~holes.any(axis=1)
-        self._buffer = np.concatenate([self._buffer, x[learned]])[
-            -self.params.max_training_samples :
-        ]
-        flagged = (np.abs(z) >= self.params.deviation_z).any(axis=1) | anomalous
+        complete = ~holes.any(axis=1)
+        learned = (score <= self.params.learn_score_below) & complete
+        cut, why = self._training.cut(learned=learned, anomalous=anomalous, complete=complete)
+        self._emit(batch, idx=idx[:cut], x=x, holes=holes, score=score, raw=raw, z=z, model=model)
+        retrain = self._training.advance(
+            x=x[:cut],
+            learned=learned[:cut],
+            anomalous=anomalous[:cut],
+            complete=complete[:cut],
+            why=why,
+        )
+        if retrain is not None:
+            self._fit(retrain)
+        return u + cut
+
+    def _emit(
+        self,
+        batch: _Batch,
+        *,
+        idx: np.ndarray,
+        x: np.ndarray,
+        holes: np.ndarray,
+        score: np.ndarray,
+        raw: np.ndarray,
+        z: np.ndarray,
+        model: Model,
+    ) -> None:
+        """Observations of the scored rows `idx` (x, holes, score... are aligned with it)."""
+        n = len(idx)
+        anomalous = score[:n] > SCORE_THRESHOLD
+        flagged = (np.abs(z[:n]) >= self.params.deviation_z).any(axis=1) | anomalous
         rows = zip(
             idx.tolist(),
-            t[idx].tolist(),
-            score.tolist(),
+            batch.t[idx].tolist(),
+            score[:n].tolist(),
             anomalous.tolist(),
-            raw.tolist(),
+            raw[:n].tolist(),
             flagged.tolist(),
-            holes.any(axis=1).tolist(),
-            values[idx].tolist(),
+            np.asarray(holes[:n].any(axis=1)).tolist(),
+            batch.values[idx].tolist(),
             strict=True,
         )
         for j, (i, ti, sj, aj, rj, fj, hj, vj) in enumerate(rows):
-            out[i] = Observation(
+            batch.out[i] = Observation(
                 t=ti,
                 status="scored",
                 score=sj,
@@ -419,14 +335,9 @@ class WorkloadDetector:
                 baseline=model.baseline,
                 imputed=self._holes(holes[j]) if hj else (),
             )
-        self._since_train += len(idx)
-        if self._since_train >= self.params.retrain_every_samples:
-            self._model = _train(self._buffer, params=self.params, metrics=self.metrics)
-            self._since_train = 0
-        return u + len(idx)
 
     def _deviations(
-        self, *, values: np.ndarray, z: np.ndarray, model: _Model, force: bool
+        self, *, values: np.ndarray, z: np.ndarray, model: Model, force: bool
     ) -> tuple[Deviation, ...]:
         """Metrics with |z| >= deviation_z, largest first; at least the top one if `force`."""
         order = np.argsort(-np.abs(z), kind="stable")

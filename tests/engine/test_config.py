@@ -122,7 +122,7 @@ def test_every_scalar_key_has_its_own_env_name() -> None:
         "workload_labels",
         "namespace",
     )
-    assert len(set(keys.values())) == len(keys) == 35
+    assert len(set(keys.values())) == len(keys) == 37
 
 
 @pytest.mark.parametrize(
@@ -147,8 +147,17 @@ def test_every_scalar_key_has_its_own_env_name() -> None:
             "detector.threshold_quantile: must be < 1, got 1",
         ),
         (
-            minimal(detector={"baseline_samples": 3000}),
-            "detector.max_training_samples: must be >= detector.baseline_samples (3000), got 2000",
+            minimal(detector={"baseline_samples": 6000}),
+            "detector.max_training_samples: must be >= detector.baseline_samples (6000), got 5760",
+        ),
+        (
+            minimal(detector={"baseline_samples": 100, "adapt_after_samples": 99}),
+            "detector.adapt_after_samples: must be >= detector.baseline_samples (100), "
+            "or null, got 99",
+        ),
+        (
+            minimal(detector={"learn_score_below": 0.4}),
+            "detector.learn_score_below: must be >= 0.5, got 0.4",
         ),
         (minimal(policy={"cooldown_seconds": -1}), "policy.cooldown_seconds: must be >= 0, got -1"),
         (minimal(log={"format": "xml"}), "log.format: expected one of 'text', 'json', got 'xml'"),
@@ -322,7 +331,7 @@ def test_describe_is_the_effective_config_with_secrets_masked() -> None:
             "scale_step": 1,
         }
     ]
-    assert described["detector"]["n_estimators"] == 100
+    assert described["detector"]["n_estimators"] == 50
     assert described["prometheus"]["workload_labels"] == {
         "namespace": "namespace",
         "deployment": "deployment",

@@ -282,3 +282,52 @@ def test_bad_params_and_metrics_are_named() -> None:
     with pytest.raises(ValueError, match="distinct"):
         WorkloadDetector(params=FAST, metrics=("rps", "rps"))
     assert WorkloadDetector(params=FAST).metrics == METRICS
+
+
+def fit_points(obs: list[Observation]) -> list[int]:
+    """Rows scored by a new model: where (raw_threshold, z_threshold) change."""
+    scored = [(i, (o.raw_threshold, o.z_threshold)) for i, o in enumerate(obs) if o.score]
+    return [i for (i, m), (_, prev) in zip(scored[1:], scored, strict=False) if m != prev]
+
+
+def test_retrains_when_the_training_set_doubled_then_periodically() -> None:
+    t, X = normal_trace(1000)
+    params = DetectorParams(
+        **{
+            **FAST.__dict__,
+            "retrain_every_samples": 200,
+            "max_training_samples": 240,
+            "learn_score_below": 1.0,  # every scored sample is learned: counts are exact
+        }
+    )
+    obs = run(params, t, X)
+    # first fit on 60 learned (rows 2..61); refits after 60, 120 more learned, then the
+    # 240-sample window is full: every 200 scored samples
+    assert fit_points(obs) == [122, 242, 442, 642, 842]
+    capped = run(DetectorParams(**{**params.__dict__, "retrain_every_samples": 50}), t, X)
+    assert fit_points(capped)[:3] == [112, 162, 212]  # the period also bounds the doubling
+
+
+def test_a_lasting_level_shift_becomes_the_new_normal_a_short_surge_does_not() -> None:
+    t, X = normal_trace(900)
+    X[300:340, 0] *= 3  # a surge of 40 samples: an incident, then back to normal
+    X[500:, 0] *= 3  # a launch triples traffic for good (too clear to be learned as drift)
+    params = DetectorParams(**{**FAST.__dict__, "adapt_after_samples": 120})
+    obs = run(params, t, X)
+    assert all(o.anomalous for o in obs[300:340])
+    assert sum(o.anomalous for o in obs[340:500]) < 8  # the surge was not adapted to
+    assert all(o.anomalous for o in obs[500:620])  # 120 anomalous samples in a row...
+    assert sum(o.anomalous for o in obs[620:]) < 15  # ...then the shift is the baseline
+    assert obs[-1].baseline["rps"] == pytest.approx(120, rel=0.1)
+    never = run(DetectorParams(**{**params.__dict__, "adapt_after_samples": 10_000}), t, X)
+    assert all(o.anomalous for o in never[500:])
+    single = WorkloadDetector(params=params)
+    one_by_one = [single.observe(t=float(ti), x=xi) for ti, xi in zip(t, X, strict=True)]
+    assert [repr(o) for o in one_by_one] == [repr(o) for o in obs]
+
+
+def test_the_default_adaptation_is_four_baselines_and_never_shorter_than_one() -> None:
+    assert DetectorParams(baseline_samples=60).adapt_after == 240
+    assert DetectorParams(baseline_samples=60, adapt_after_samples=100).adapt_after == 100
+    with pytest.raises(ValueError, match="adapt_after_samples must be >= baseline_samples"):
+        DetectorParams(baseline_samples=60, adapt_after_samples=59)
