@@ -1,1 +1,5 @@
-"""The local stand-in for a cluster: Kubernetes API emulator, Prometheus launcher, Slack receiver, process-backed Deployments."""
+"""The local stand-in for a cluster.
+
+Kubernetes API emulator, Prometheus launcher, Slack receiver and process-backed
+Deployments, used by `make demo` and the tests.
+"""
