@@ -209,9 +209,12 @@ def test_every_call_has_a_timeout(api: KubeAPIServer, app: str, tmp_path: Path) 
 def test_unreachable_server_is_unavailable(tmp_path: Path, api: KubeAPIServer) -> None:
     env = api.incluster_files(tmp_path / "sa", token=TOKEN)
     env["KUBERNETES_SERVICE_PORT"] = str(free_port())
-    with KubeClient(config=settings(sa_dir=tmp_path / "sa"), environ=env) as kube:
-        with pytest.raises(KubeUnavailable, match=f"get deployments {NS}/x: API server"):
-            kube.get_deployment(namespace=NS, name="x")
+    expected = f"get deployments {NS}/x: API server"
+    with (
+        KubeClient(config=settings(sa_dir=tmp_path / "sa"), environ=env) as kube,
+        pytest.raises(KubeUnavailable, match=expected),
+    ):
+        kube.get_deployment(namespace=NS, name="x")
 
 
 def test_hpa_targets_lists_autoscaled_deployments(
