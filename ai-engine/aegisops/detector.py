@@ -51,8 +51,9 @@ class DetectorParams:
     learn_score_below: float = 0.75
     """Scored samples up to this anomaly score are learned (clear anomalies never are)."""
     adapt_after_samples: int | None = None
-    """Anomalous samples in a row after which they are the new normal (re-baseline on
-    them). None: 4 x baseline_samples. At least baseline_samples."""
+    """When this many of the last 2x as many scored samples were anomalous (a level
+    shift: this many in a row), re-baseline on the latest this many: the shift is the
+    new normal. None: 4 x baseline_samples. At least baseline_samples."""
 
     @property
     def adapt_after(self) -> int:
@@ -113,7 +114,7 @@ def _got(p: DetectorParams, message: str) -> object:
 
 @dataclass(frozen=True, kw_only=True)
 class Deviation:
-    """One metric away from its baseline: robust z = (value - median) / (1.4826 * MAD)."""
+    """One metric away from its baseline: robust z = (value - median) / robust sigma."""
 
     metric: str
     value: float
@@ -279,7 +280,7 @@ class WorkloadDetector:
         anomalous = score > SCORE_THRESHOLD
         complete = ~holes.any(axis=1)
         learned = (score <= self.params.learn_score_below) & complete
-        cut, why = self._training.cut(learned=learned, anomalous=anomalous, complete=complete)
+        cut, why = self._training.cut(learned=learned, anomalous=anomalous)
         self._emit(batch, idx=idx[:cut], x=x, holes=holes, score=score, raw=raw, z=z, model=model)
         retrain = self._training.advance(
             x=x[:cut],

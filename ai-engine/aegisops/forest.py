@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 
 _MAD_TO_SIGMA = 1.4826
+_MEAN_AD_TO_SIGMA = 1.2533  # sqrt(pi / 2)
 
 
 def to_score(value: np.ndarray, threshold: float, *, top: float | None) -> np.ndarray:
@@ -40,10 +41,19 @@ def to_score(value: np.ndarray, threshold: float, *, top: float | None) -> np.nd
 
 
 def robust(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-metric median and robust sigma (1.4826 * MAD, floored so flat series work)."""
+    """Per-metric median and robust sigma.
+
+    Sigma is 1.4826 * MAD, but at least 1.2533 * the mean absolute deviation from the
+    median (both are sigma for normal noise): a series that is mostly one value with
+    regular bursts (a disk idle 90% of the time) has MAD 0, and its bursts are normal.
+    Floored at 0.1% of the median so a flat series works.
+    """
     median = np.median(X, axis=0)
-    mad = np.median(np.abs(X - median), axis=0)
-    return median, np.maximum(_MAD_TO_SIGMA * mad, np.maximum(1e-3 * np.abs(median), 1e-12))
+    deviation = np.abs(X - median)
+    sigma = np.maximum(
+        _MAD_TO_SIGMA * np.median(deviation, axis=0), _MEAN_AD_TO_SIGMA * deviation.mean(axis=0)
+    )
+    return median, np.maximum(sigma, np.maximum(1e-3 * np.abs(median), 1e-12))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,15 +163,16 @@ class Training:
       on (the training set doubled: 240 -> 480 -> 960 ...), until a fit used
       `max_training_samples`;
     - period: `retrain_every_samples` scored samples since the last fit;
-    - adapt: `adapt_after_samples` complete anomalous samples in a row (a level shift).
-      The run becomes the training set: the shift is the new normal.
+    - adapt: `adapt_after_samples` (A) of the last 2A scored samples were anomalous (a
+      level shift: A in a row; a flapping one: more than half of the time). The last
+      A complete scored samples become the training set: the shift is the new normal.
     """
 
     def __init__(self, *, width: int, schedule: Schedule) -> None:
         self.schedule = schedule
         self.samples = np.empty((0, width))
-        self._run = np.empty((0, width))  # the current anomalous run's complete samples
-        self._run_length = 0  # complete anomalous samples in a row (partial ones hold it)
+        self._recent = np.empty((0, width))  # the last A complete scored samples
+        self._flags = np.empty(0, dtype=bool)  # anomalous? for the last 2A scored samples
         self._learned = 0  # samples learned since the last fit
         self._scored = 0  # samples scored since the last fit
         self._fit_size = 0
@@ -185,21 +196,18 @@ class Training:
             rows = min(rows, self._fit_size - self._learned)
         return rows
 
-    def cut(
-        self, *, learned: np.ndarray, anomalous: np.ndarray, complete: np.ndarray
-    ) -> tuple[int, Why | None]:
+    def cut(self, *, learned: np.ndarray, anomalous: np.ndarray) -> tuple[int, Why | None]:
         """(rows of this scored block to keep, why a retrain follows the last one, if any)."""
         n = len(learned)
         grow = n  # the row that completes the doubling; n: none in this block
         if self._fit_size < self.schedule.max_training_samples:
             hit = np.flatnonzero(np.cumsum(learned) >= self._fit_size - self._learned)
             grow = int(hit[0]) if hit.size else n
-        counts = np.cumsum(anomalous & complete)
-        resets = np.flatnonzero(~anomalous)  # a normal sample ends the run
-        last = np.searchsorted(resets, np.arange(n), side="right") - 1
-        since_reset = counts - counts[resets[np.maximum(last, 0)]] if resets.size else counts
-        run = np.where(last >= 0, since_reset, self._run_length + counts)
-        shift = np.flatnonzero(run >= self.schedule.adapt_after_samples)
+        adapt, window = self.schedule.adapt_after_samples, 2 * self.schedule.adapt_after_samples
+        flags = np.concatenate([self._flags, anomalous])
+        counts = np.concatenate([[0], np.cumsum(flags)])
+        end = np.arange(len(self._flags) + 1, len(flags) + 1)  # after each new row
+        shift = np.flatnonzero(counts[end] - counts[np.maximum(end - window, 0)] >= adapt)
         if shift.size and shift[0] <= grow:
             return int(shift[0]) + 1, "adapt"
         if grow < n:
@@ -216,20 +224,18 @@ class Training:
         why: Why | None,
     ) -> np.ndarray | None:
         """Take in the kept scored rows; the training set if a retrain is due now."""
-        keep = self.schedule.max_training_samples
+        keep, adapt = self.schedule.max_training_samples, self.schedule.adapt_after_samples
         self.samples = np.concatenate([self.samples, x[learned]])[-keep:]
         self._learned += int(learned.sum())
         self._scored += len(x)
-        normal = np.flatnonzero(~anomalous)
-        tail = slice(int(normal[-1]) + 1 if normal.size else 0, None)
-        run = x[tail][complete[tail]]
-        if normal.size:
-            self._run, self._run_length = run[-keep:], len(run)
-        else:
-            self._run = np.concatenate([self._run, run])[-keep:]
-            self._run_length += len(run)
+        self._recent = np.concatenate([self._recent, x[complete]])[-min(adapt, keep) :]
+        self._flags = np.concatenate([self._flags, anomalous])[-2 * adapt :]
         if why == "adapt":
-            self.samples, self._run, self._run_length = self._run, self._run[:0], 0
+            self.samples, self._recent, self._flags = (
+                self._recent,
+                self._recent[:0],
+                self._flags[:0],
+            )
         return None if why is None else self.fitted()
 
 
