@@ -7,10 +7,12 @@ surge (which scales the app and leaves a cooldown), then Prometheus going away.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import (
+    AEGISOPS,
     WORKLOAD,
     EngineProcess,
     engine_config,
@@ -161,3 +163,21 @@ def test_prometheus_down_mid_run_logs_and_keeps_running(
     )
     assert engine.proc is not None and engine.proc.poll() is None
     assert engine.stop() == 0
+
+
+def test_check_against_the_sandbox_is_all_green(world: World, tmp_path: Path) -> None:
+    engine = EngineProcess(world=world, config=engine_config(world), workdir=tmp_path, name="c")
+    done = subprocess.run(
+        [str(AEGISOPS), "check", "--config", str(engine.config_path)],
+        capture_output=True,
+        text=True,
+        env=engine.env,
+        timeout=60,
+    )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(line.startswith("[ok]   ") for line in lines), lines
+    assert "[ok]   prometheus query rps: 1 series" in lines
+    assert "[ok]   kubernetes patch deployments/scale in aegisops" in lines
+    assert "[ok]   kubernetes: incluster auth against " + world.api.url in lines
+    assert lines[-1] == "[ok]   slack: webhook from $SLACK_WEBHOOK_URL"
