@@ -66,6 +66,7 @@ class DetectorParams:
             max_training_samples=self.max_training_samples,
             retrain_every_samples=self.retrain_every_samples,
             adapt_after_samples=self.adapt_after,
+            min_samples=self.baseline_samples,
         )
 
     @property

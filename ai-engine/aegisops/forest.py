@@ -148,6 +148,8 @@ class Schedule:
     max_training_samples: int
     retrain_every_samples: int
     adapt_after_samples: int
+    min_samples: int
+    """Fewest complete samples a re-baseline trains on (the baseline size)."""
 
 
 Why = Literal["adapt", "grow", "period"]
@@ -230,12 +232,10 @@ class Training:
         self._scored += len(x)
         self._recent = np.concatenate([self._recent, x[complete]])[-min(adapt, keep) :]
         self._flags = np.concatenate([self._flags, anomalous])[-2 * adapt :]
-        if why == "adapt":
-            self.samples, self._recent, self._flags = (
-                self._recent,
-                self._recent[:0],
-                self._flags[:0],
-            )
+        if why == "adapt":  # (too few complete samples, e.g. a metric missing: just refit)
+            if len(self._recent) >= self.schedule.min_samples:
+                self.samples, self._recent = self._recent, self._recent[:0]
+            self._flags = self._flags[:0]
         return None if why is None else self.fitted()
 
 

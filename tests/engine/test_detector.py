@@ -324,6 +324,11 @@ def test_a_lasting_level_shift_becomes_the_new_normal_a_short_surge_does_not() -
     assert obs[-1].baseline["rps"] == pytest.approx(120, rel=0.1)
     never = run(DetectorParams(**{**params.__dict__, "adapt_after_samples": 10_000}), t, X)
     assert all(o.anomalous for o in never[500:])
+    holes = X.copy()
+    holes[500:, 2] = np.nan  # memory missing during the shift: nothing complete to adapt to
+    stuck = run(params, t, holes)
+    assert sum(o.anomalous for o in stuck[500:]) > 380
+    assert stuck[-1].baseline["rps"] == pytest.approx(40, rel=0.1)
     flapping = X.copy()
     flapping[500::3, 0] /= 3  # the new level two samples out of three: adapted to as well
     flaps = run(params, t, flapping)
