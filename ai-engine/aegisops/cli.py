@@ -119,7 +119,10 @@ def cmd_run(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
         port = fallback_port(path, env) if not args.once else 0
         if port <= 0:
             return fail(f"invalid config {path}: {err}")
-        config_or_none = wait_for_valid_config(path, env=env, port=port, stop=stop, first=err)
+        try:
+            config_or_none = wait_for_valid_config(path, env=env, port=port, stop=stop, first=err)
+        except OSError as bind_error:
+            return fail(f"invalid config {path}: {err} (and {bind_error})")
         if config_or_none is None:
             return EXIT_OK
         config = config_or_none
@@ -198,9 +201,9 @@ def wait_for_valid_config(
     """Stay alive and not ready, re-reading `path`, until it is valid (or we are stopped)."""
     metrics = SelfMetrics(stale_after_seconds=stale_after(CONFIG_RECHECK_SECONDS))
     reason = f"invalid config {path}: {first}"
-    log.error("%s; not ready, re-checking every %gs", reason, CONFIG_RECHECK_SECONDS)
     metrics.set_ready(False, reason)
     with HealthServer(port=port, metrics=metrics):
+        log.error("%s; not ready, re-checking every %gs", reason, CONFIG_RECHECK_SECONDS)
         while not stop.wait(CONFIG_RECHECK_SECONDS):
             metrics.heartbeat(time.time())
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -246,3 +247,17 @@ def test_check_with_bad_config_and_backtest_with_bad_input(
     )
     err = capsys.readouterr().err
     assert err.startswith("aegisops: backtest: ") and len(err.splitlines()) == 1
+
+
+def test_bad_config_and_a_taken_health_port_is_still_one_line(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path / "config.yaml", server={"port": port}, dry_run="maybe")
+        done = run("run", "--config", str(path))
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"aegisops: invalid config {path}: dry_run: ")
+    assert f"cannot listen on 0.0.0.0:{port}" in line
+    assert "Traceback" not in done.stderr
