@@ -88,7 +88,7 @@ class PrometheusConfig:
     timeout_seconds: float
     workload_labels: WorkloadLabels
     queries: Queries
-    history_lookback_seconds: float  # resolved: baseline_samples * poll interval unless set
+    history_lookback_seconds: float  # resolved: training window * poll interval unless set
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,7 @@ SCHEMA: Schema = {
         "consecutive_anomalies": count(3),
         "cooldown_seconds": Field(float, 300.0, minimum=0),
         "scale_down_after_seconds": Field(float, None, minimum=0, nullable=True),
+        "min_relative_change": Field(float, 0.2, minimum=0),
     },
     "slack": {
         "webhook_env": Field(str, "SLACK_WEBHOOK_URL"),
@@ -308,7 +309,10 @@ def _build(
     prom = values["prometheus"]
     lookback = prom["history_lookback_seconds"]
     if lookback is None:
-        lookback = values["detector"]["baseline_samples"] * values["poll_interval_seconds"]
+        # the whole training window, so a restarted engine has the model it had
+        detector = values["detector"]
+        window = max(detector["baseline_samples"], detector["max_training_samples"])
+        lookback = window * values["poll_interval_seconds"]
     return Config(
         poll_interval_seconds=values["poll_interval_seconds"],
         dry_run=values["dry_run"],

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from aegisops.detector import Observation
+from aegisops.detector import Deviation, Observation
 
 Action = Literal["none", "alert", "scale_up", "scale_down"]
 
@@ -37,6 +37,11 @@ class PolicyParams:
     cooldown_seconds: float = 300.0
     scale_down_after_seconds: float | None = None
     """Calm time after which replicas go back to original-replicas; None disables."""
+    min_relative_change: float = 0.2
+    """A sample counts toward an incident only if some metric is this far from its
+    baseline, relatively (0.2: 20%). Statistically unusual but small moves of a very
+    steady metric (memory 1% up, p95 74 -> 80 ms) are not worth waking anyone, or
+    scaling. 0 disables the gate."""
 
     def __post_init__(self) -> None:
         if self.consecutive_anomalies < 1:
@@ -47,6 +52,8 @@ class PolicyParams:
             raise ValueError(f"cooldown_seconds must be >= 0, got {self.cooldown_seconds}")
         if self.scale_down_after_seconds is not None and self.scale_down_after_seconds < 0:
             raise ValueError("scale_down_after_seconds must be >= 0 or None")
+        if self.min_relative_change < 0:
+            raise ValueError(f"min_relative_change must be >= 0, got {self.min_relative_change}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,7 +204,7 @@ def decide(
     missing samples hold them (neither confirm nor break an incident).
     """
     new_state, confirmed, resolved = _advance(state, observation, now=now, params=params)
-    acting = new_state.incident_open and observation.status == "scored" and observation.anomalous
+    acting = new_state.incident_open and counts(observation, params)
     restoring = params.scale_down_after_seconds is not None and memory.original_replicas is not None
     action: Action = "none"
     after, reason, new_memory = replicas, "", memory
@@ -250,7 +257,7 @@ def _advance(
     if obs.status != "scored":
         return state, False, False
     needed = params.consecutive_anomalies
-    if obs.anomalous:
+    if counts(obs, params):
         streak = state.anomalous_streak + 1
         confirm = not state.incident_open and streak >= needed
         next_state = PolicyState(
@@ -281,7 +288,7 @@ def _on_incident(ctx: _Context, *, confirmed: bool) -> _Outcome:
     obs, memory, limits, replicas = ctx.observation, ctx.memory, ctx.limits, ctx.replicas
     seen = f"{describe(obs)} for {ctx.state.anomalous_streak} consecutive samples"
     hold: Action = "alert" if confirmed else "none"
-    if not is_load_shaped(obs):
+    if not is_load_shaped(obs, ctx.params):
         return hold, replicas, f"{seen}; not load-shaped, scaling cannot fix it", memory
     if ctx.hpa_managed:
         return hold, replicas, f"{seen}; an HPA manages this Deployment, not scaling", memory
@@ -348,9 +355,12 @@ def _status_reason(
 ) -> str:
     if resolved:
         return f"back to normal after {state.normal_streak} normal samples"
-    if obs.status == "scored" and obs.anomalous:
+    if counts(obs, params):
         needed = params.consecutive_anomalies
         return f"{describe(obs)} ({state.anomalous_streak}/{needed} consecutive)"
+    if obs.status == "scored" and obs.anomalous:
+        change = f"{params.min_relative_change:.0%}"
+        return f"unusual but small: {describe(obs)}, none {change} off baseline"
     if obs.status == "scored" and state.incident_open:
         needed = params.consecutive_anomalies
         return f"normal sample during incident ({state.normal_streak}/{needed} to resolve)"
@@ -376,13 +386,26 @@ def _relieved(ctx: _Context) -> bool:
         and memory.last_action_at >= since
         and (memory.last_action or "").startswith("scale_up")
     )
-    latency_up = any(d.metric == P95 and d.direction == "up" for d in obs.deviations)
+    latency_up = any(d.metric == P95 and d.direction == "up" for d in material(obs, ctx.params))
     return scaled and P95 in obs.values and not latency_up
 
 
-def is_load_shaped(obs: Observation) -> bool:
-    """True when rps and/or p95 latency deviate upwards: more replicas can help."""
-    return any((d.metric, d.direction) in LOAD_SIGNALS for d in obs.deviations)
+def material(obs: Observation, params: PolicyParams) -> tuple[Deviation, ...]:
+    """The deviations at least `min_relative_change` away from their baseline."""
+    ratio = params.min_relative_change
+    return tuple(d for d in obs.deviations if abs(d.value - d.baseline) >= ratio * abs(d.baseline))
+
+
+def counts(obs: Observation, params: PolicyParams) -> bool:
+    """A scored, anomalous sample with a material deviation: it moves an incident's streak."""
+    if obs.status != "scored" or not obs.anomalous:
+        return False
+    return params.min_relative_change == 0 or bool(material(obs, params))
+
+
+def is_load_shaped(obs: Observation, params: PolicyParams) -> bool:
+    """True when rps and/or p95 latency are materially up: more replicas can help."""
+    return any((d.metric, d.direction) in LOAD_SIGNALS for d in material(obs, params))
 
 
 def describe(obs: Observation) -> str:

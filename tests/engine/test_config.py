@@ -39,7 +39,7 @@ def test_example_file_loads_with_the_documented_values() -> None:
     assert config.dry_run is False
     assert config.prometheus.url == "http://prometheus-operated.monitoring.svc:9090"
     assert config.prometheus.timeout_seconds == 5.0
-    assert config.prometheus.history_lookback_seconds == 240 * 15.0
+    assert config.prometheus.history_lookback_seconds == 5760 * 15.0  # a day: the window
     assert config.prometheus.workload_labels.namespace == "namespace"
     assert config.prometheus.queries.in_order()[0] == (
         "rps",
@@ -98,7 +98,7 @@ def test_env_overrides_win_over_the_file_and_are_typed() -> None:
     assert config.poll_interval_seconds == 2.0
     assert config.log.format == "json"
     assert config.detector.baseline_samples == 30
-    assert config.prometheus.history_lookback_seconds == 60.0
+    assert config.prometheus.history_lookback_seconds == 5760 * 2.0
     assert config.prometheus.queries.rps == "sum by (namespace, deployment) (rate(x[5s]))"
     assert config.kubernetes.kubeconfig == "/tmp/kubeconfig"
     assert config.policy.scale_down_after_seconds == 600.0
@@ -122,7 +122,7 @@ def test_every_scalar_key_has_its_own_env_name() -> None:
         "workload_labels",
         "namespace",
     )
-    assert len(set(keys.values())) == len(keys) == 37
+    assert len(set(keys.values())) == len(keys) == 38
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -261,3 +262,39 @@ def test_bad_params_and_limits_say_what_is_wrong() -> None:
         Limits(min_replicas=4, max_replicas=2)
     with pytest.raises(ValueError, match="scale_step must be >= 1"):
         Limits(scale_step=0)
+
+
+SMALL = (  # what a steady sandbox showed: statistically unusual, practically nothing
+    Deviation(metric="p95_latency_seconds", value=0.080, baseline=0.074, direction="up", z=6.0),
+    Deviation(metric="memory_bytes", value=1.01e8, baseline=1e8, direction="up", z=8.0),
+)
+
+
+def test_small_moves_of_a_steady_metric_neither_confirm_nor_scale() -> None:
+    w = Workload()
+    decisions = w.feed(lambda t: anomaly(t, SMALL), 10)
+    assert [d.action for d in decisions] == ["none"] * 10
+    assert not any(d.confirmed or d.anomaly for d in decisions)
+    assert decisions[-1].reason == (
+        "unusual but small: p95_latency_seconds 0.08 vs baseline 0.074 (up), "
+        "memory_bytes 1.01e+08 vs baseline 1e+08 (up), none 20% off baseline"
+    )
+    assert w.replicas == 1
+
+
+def test_small_moves_do_not_count_but_a_material_one_in_the_same_sample_does() -> None:
+    mixed = (*SMALL, Deviation(metric="rps", value=60.0, baseline=40.0, direction="up", z=9.0))
+    w = Workload()
+    decisions = w.feed(lambda t: anomaly(t, mixed), 3)
+    assert [d.action for d in decisions] == ["none", "none", "scale_up"]
+
+
+def test_the_materiality_gate_can_be_turned_off() -> None:
+    w = Workload(params=replace(PARAMS, min_relative_change=0.0))
+    decisions = w.feed(lambda t: anomaly(t, SMALL), 3)
+    assert decisions[-1].confirmed and decisions[-1].action == "scale_up"
+
+
+def test_min_relative_change_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match=re.escape("min_relative_change must be >= 0, got -0.1")):
+        PolicyParams(min_relative_change=-0.1)
