@@ -121,7 +121,7 @@ def engine_config(*, world: World, plan: Plan, metrics_port: int) -> dict[str, o
         ],
         "slack": {"webhook_env": "SLACK_WEBHOOK_URL", "timeout_seconds": 5, "max_retries": 2},
         "kubernetes": {"mode": "kubeconfig", "kubeconfig": str(world.engine_kubeconfig)},
-        "server": {"port": metrics_port},
+        "server": {"port": metrics_port, "host": "127.0.0.1"},
         "log": {"format": "text", "level": "info"},
     }
 

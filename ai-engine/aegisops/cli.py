@@ -141,7 +141,7 @@ def cmd_run(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
 def serve(config: Config, *, env: Mapping[str, str], once: bool, stop: threading.Event) -> int:
     """Wire the edges, then one pass (`--once`) or passes until SIGTERM/SIGINT."""
     metrics = SelfMetrics(stale_after_seconds=stale_after(config.poll_interval_seconds))
-    health = HealthServer(port=config.server.port, metrics=metrics)
+    health = HealthServer(port=config.server.port, metrics=metrics, host=config.server.host)
     if config.server.port > 0 and not once:
         try:
             health.start()

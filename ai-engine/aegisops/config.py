@@ -132,6 +132,7 @@ class KubernetesConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     port: int
+    host: str
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,10 @@ SCHEMA: Schema = {
         "serviceaccount_dir": Field(str, "/var/run/secrets/kubernetes.io/serviceaccount"),
         "timeout_seconds": positive(10.0),
     },
-    "server": {"port": Field(int, 8080, minimum=0, maximum=65535)},
+    "server": {
+        "port": Field(int, 8080, minimum=0, maximum=65535),
+        "host": Field(str, "0.0.0.0"),
+    },
     "log": {
         "format": Field(str, "text", choices=("text", "json")),
         "level": Field(str, "info", choices=("debug", "info", "warning", "error")),

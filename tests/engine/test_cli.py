@@ -129,7 +129,7 @@ def test_in_a_pod_a_bad_config_means_not_ready_until_fixed(
     port = free_port()
     kubeconfig = api.write_kubeconfig(tmp_path / "engine.kubeconfig", token=TOKEN)
     good = {
-        "server": {"port": port},
+        "server": {"port": port, "host": "127.0.0.1"},
         "kubernetes": {"mode": "kubeconfig", "kubeconfig": str(kubeconfig)},
     }
     path = write_config(tmp_path / "config.yaml", **good)
