@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from aegisops.backtest import run_backtest
 from aegisops.detector import DetectorParams
 

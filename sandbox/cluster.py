@@ -32,9 +32,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from kubernetes import client as k8s
 from sandbox.procs import Replica, ReplicaFailed, atomic_write, start_replica, stop_process
 
 log = logging.getLogger("sandbox.cluster")

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from sampleapp.profiles import Steady
 
+from sampleapp.profiles import Steady
 from sandbox.procs import free_port, stop_process
 from sandbox.prometheus import PrometheusError
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, AppSpec, World

@@ -33,12 +33,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
 from sampleapp.loadgen import LoadGenerator, LoadSettings
 from sampleapp.loadstats import LoadStats
 from sampleapp.profiles import Profile
-
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from sandbox.cluster import Kubelet
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import wait_until

@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import urllib3
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 from kubernetes.config.kube_config import load_kube_config
-
-from kubernetes import client
 
 if TYPE_CHECKING:
     from collections.abc import Callable

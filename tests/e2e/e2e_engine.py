@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-from sampleapp.profiles import Diurnal
 
+from sampleapp.profiles import Diurnal
 from sandbox.procs import spawn, stop_process, tail, wait_until
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World
 

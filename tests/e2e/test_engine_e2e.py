@@ -18,8 +18,8 @@ from e2e_engine import (
     engine_config,
     engine_requests,
 )
-from sampleapp.profiles import Steady
 
+from sampleapp.profiles import Steady
 from sandbox.prometheus import PrometheusServer
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from aegisops.backtest import OUTPUT_COLUMNS, BacktestError, run_backtest
 from aegisops.config import parse_config
 from aegisops.detector import DetectorParams

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from aegisops.cli import main
 
+from aegisops.cli import main
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import free_port, spawn, stop_process, tail, wait_until
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from aegisops.config import (
     Config,
     ConfigError,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from aegisops.config import KubernetesConfig
 from aegisops.kube import (
     Conflict,
@@ -21,7 +22,6 @@ from aegisops.kube import (
     KubeUnavailable,
     NotFound,
 )
-
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import free_port
 

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+
 from aegisops.config import Secret, SlackConfig
 from aegisops.logs import JsonFormatter, TextFormatter, setup_logging
 from aegisops.notify import SlackNotifier
-
 from sandbox.slack import WEBHOOK_PATH, SlackReceiver
 
 CREATED = 1795687200.25  # 2026-11-26T10:00:00.25Z

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from aegisops.config import Config, parse_config
 from aegisops.kube import Conflict, DeploymentInfo, KubeUnavailable, ScaleInfo
 from aegisops.loop import Engine

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+
 from aegisops.config import Secret, SlackConfig
 from aegisops.notify import (
     MetricLine,
@@ -16,7 +17,6 @@ from aegisops.notify import (
     metric_lines,
     resolved_message,
 )
-
 from sandbox.slack import WEBHOOK_PATH, SlackReceiver
 
 PAYLOAD = {

@@ -6,6 +6,7 @@ import re
 from dataclasses import replace
 
 import pytest
+
 from aegisops.detector import Deviation, Observation
 from aegisops.policy import (
     COOLDOWN_UNTIL,

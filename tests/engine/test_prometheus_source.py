@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+
 from aegisops.config import DEFAULT_QUERIES, PrometheusConfig, Queries, WorkloadLabels
 from aegisops.prometheus import (
     Check,
@@ -22,7 +23,6 @@ from aegisops.prometheus import (
     PrometheusSource,
     PrometheusUnavailable,
 )
-
 from sandbox.prometheus import PrometheusServer
 
 # Whole hours, a few hours back: inside the launcher's 30 d retention, outside the head block.

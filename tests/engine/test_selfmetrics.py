@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from aegisops.selfmetrics import HealthServer, SelfMetrics, stale_after
 from prometheus_client.parser import text_string_to_metric_families
+
+from aegisops.selfmetrics import HealthServer, SelfMetrics, stale_after
 
 T0 = 1_795_687_200.0
 

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from sampleapp_helpers import Running, pid_gone, running_app, wait_for
+
 from sampleapp.cliutil import write_atomically
 from sampleapp.loadgen import LoadGenerator, LoadSettings
 from sampleapp.profiles import Steady, Surge
 from sampleapp.targets import TargetError, check_target
-from sampleapp_helpers import Running, pid_gone, running_app, wait_for
 
 OK = ("http_requests_total", (("code", "200"), ("method", "GET"), ("path", "/")))
 FINAL = re.compile(

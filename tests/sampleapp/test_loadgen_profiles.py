@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+
 from sampleapp.profiles import (
     Diurnal,
     Drop,

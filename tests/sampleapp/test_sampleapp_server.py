@@ -14,8 +14,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from sampleapp.metrics import LATENCY_BUCKETS
 from sampleapp_helpers import app_command, pid_gone, running_app, wait_for
+
+from sampleapp.metrics import LATENCY_BUCKETS
 
 REQ = "http_requests_total"
 BUCKET = "http_request_latency_seconds_bucket"

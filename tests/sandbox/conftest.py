@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+
 from sandbox.kubeapi import KubeAPIServer
 
 ENGINE_TOKEN = "engine-token"

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import requests
-
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+
 from sandbox.cluster import ARGS_ANNOTATION, Kubelet, app_settings
 from sandbox.kubeapi import ADMIN_USER, KubeAPIServer
 from sandbox.procs import cmdline, pid_alive, wait_until

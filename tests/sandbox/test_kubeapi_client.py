@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import requests
+from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
-from kubernetes import client as k8s
 from sandbox.kubeapi import KubeAPIServer
 
 NS = "aegisops"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import requests
+from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from kubernetes import client as k8s
 from sandbox.kubeapi import KubeAPIServer
 
 NS = "aegisops"

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from kubernetes import client as k8s
 from sandbox.kubeapi import KubeAPIServer
 
 ClientFactory = Callable[..., k8s.ApiClient]

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
-
 from kubernetes import client as k8s
 from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
 from sandbox.kubeapi import KubeAPIServer
 
 NS = "aegisops"

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from kubernetes.client.rest import ApiException
-from kubernetes.config.incluster_config import InClusterConfigLoader
-from sampleapp.profiles import Steady
-
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+from kubernetes.config.incluster_config import InClusterConfigLoader
+
+from sampleapp.profiles import Steady
 from sandbox.procs import pid_alive, stop_process, wait_until
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, AppSpec, World
 

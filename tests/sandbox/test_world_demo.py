@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from aegisops.config import load_config
 
+from aegisops.config import load_config
 from sandbox.demo import QUICK, Plan, engine_config
 from sandbox.world import World
 

@@ -16,7 +16,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from aegisops.config import load_config
 from crd_schemas import SCHEMAS
 from ship_helpers import (
     APP,
@@ -32,6 +31,8 @@ from ship_helpers import (
     manifest_files,
     pod_specs,
 )
+
+from aegisops.config import load_config
 
 K8S_VERSION = "1.32.0"  # the kind/kubectl minor this project targets; shipped by the package
 BUILTIN = [d for d in docs() if d.kind not in SCHEMAS]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aegisops.config import KubernetesConfig
-from aegisops.kube import Forbidden, KubeClient
 from ship_helpers import APP, BIN, ENGINE, MANIFESTS, NAMESPACE, engine_config_text, find, of_kind
 
+from aegisops.config import KubernetesConfig
+from aegisops.kube import Forbidden, KubeClient
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.prometheus import PrometheusServer
 
