@@ -349,7 +349,7 @@ def test_defaults_are_the_pure_core_defaults() -> None:
 
 
 def test_the_reference_documents_every_key_and_env_var() -> None:
-    reference = (EXAMPLE.parents[1] / "docs" / "configuration.md").read_text()
+    reference = (EXAMPLE.parents[1] / "README.md").read_text()
     for env_name, path in env_keys().items():
         assert f"| `{'.'.join(path)}` |" in reference, path
         assert f"`{env_name}`" in reference, env_name
