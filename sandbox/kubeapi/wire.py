@@ -160,7 +160,11 @@ class App:
         namespace = info.namespace or ""
         if info.rt is not None and not info.rt.namespaced and info.plural != "namespaces":
             namespace = ""
-        if info.rt is not None and info.rt.kind == "SelfSubjectAccessReview":
+        if (
+            info.rt is not None
+            and info.rt.kind == "SelfSubjectAccessReview"
+            and "system:authenticated" in user_groups(user)
+        ):
             return  # every authenticated user may ask about itself (system:basic-user)
         attrs = Attributes(
             user=user,

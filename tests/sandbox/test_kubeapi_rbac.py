@@ -201,6 +201,24 @@ def test_credentials_and_rbac_file_errors(rbac_api: KubeAPIServer, tmp_path: Pat
         'namespaces is forbidden: User "system:anonymous" cannot list resource "namespaces"'
         ' in API group "" at the cluster scope'
     )
+    # kube grants SelfSubjectAccessReview to system:authenticated only (system:basic-user)
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}},
+    }
+    anonymous_review = requests.post(
+        f"{rbac_api.url}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        verify=str(rbac_api.ca_path),
+        json=review,
+        timeout=5,
+    )
+    assert anonymous_review.status_code == 403
+    assert anonymous_review.json()["message"] == (
+        'selfsubjectaccessreviews.authorization.k8s.io is forbidden: User "system:anonymous"'
+        ' cannot create resource "selfsubjectaccessreviews" in API group'
+        ' "authorization.k8s.io" at the cluster scope'
+    )
 
     with pytest.raises(RBACFileError, match=r"cannot read RBAC file .*missing.yaml: No such"):
         KubeAPIServer(rbac_files=[tmp_path / "missing.yaml"])
