@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --token expects TOKEN=USER, got {pair!r}", file=sys.stderr)
             return 2
         tokens[token] = user
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    # Handlers first: a SIGTERM while starting must still reach the cleanup below.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         server = KubeAPIServer(
             tls=args.tls,
@@ -68,17 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"error: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}", file=sys.stderr
+        )
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
-        server.write_kubeconfig(args.kubeconfig)
+        try:
+            server.write_kubeconfig(args.kubeconfig)
+        except OSError as exc:
+            print(
+                f"error: cannot write the kubeconfig {args.kubeconfig}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
         print(f"serving {server.url} (kubeconfig: {args.kubeconfig})", flush=True)
         stop.wait()
     finally:

@@ -95,6 +95,14 @@ class KubeAPIServer:
     # ---- lifecycle ----
 
     def start(self) -> KubeAPIServer:
+        """Bind, then serve. On any failure (a busy port...) nothing is left behind."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> KubeAPIServer:
         self._tmp = Path(tempfile.mkdtemp(prefix="aegisops-kubeapi-"))
         context = self._tls_context(self._tmp) if self.tls else None
         for name in self._namespaces:

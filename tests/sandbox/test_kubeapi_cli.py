@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,43 @@ def test_help_and_bad_arguments(tmp_path: Path) -> None:
         2,
         "error: --token expects TOKEN=USER, got 'oops'\n",
     )
+
+
+def _run_isolated(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run the CLI with its own TMPDIR, so what it leaves behind there can be counted."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir(exist_ok=True)
+    done = subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmpdir)},
+    )
+    return done, tmpdir
+
+
+def test_busy_port_is_one_clear_line_and_leaves_no_temp_dir(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done, tmpdir = _run_isolated(
+            tmp_path, "--port", str(port), "--tls", "--kubeconfig", str(tmp_path / "k")
+        )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert list(tmpdir.iterdir()) == []  # no aegisops-kubeapi-* dir (with its CA) left
+    assert not (tmp_path / "k").exists()
+
+
+def test_unwritable_kubeconfig_is_one_line_exit_2_and_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "missing-dir" / "kubeconfig"
+    done, tmpdir = _run_isolated(tmp_path, "--port", "0", "--tls", "--kubeconfig", str(target))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"error: cannot write the kubeconfig {target}: No such file or directory\n"
+    )
+    assert list(tmpdir.iterdir()) == []
+    assert not target.parent.exists()
