@@ -56,6 +56,18 @@ def _strip_volatile(obj: Obj) -> Obj:
     return out
 
 
+def _bumps_generation(rt: ResourceType, current: Obj, desired: Obj) -> bool:
+    """A spec change bumps metadata.generation. apps/v1 Deployments also bump on an
+    annotation change (kube's deployment strategy: annotations are copied to ReplicaSets)."""
+    if desired.get("spec") != current.get("spec"):
+        return True
+    if (rt.group, rt.kind) != ("apps", "Deployment"):
+        return False
+    return (desired["metadata"].get("annotations") or {}) != (
+        current["metadata"].get("annotations") or {}
+    )
+
+
 class Store:
     """Thread-safe. Everything returned is a deep copy the caller may change."""
 
@@ -153,8 +165,8 @@ class Store:
                 if fixed in old_meta:
                     meta[fixed] = old_meta[fixed]
             if "generation" in old_meta:
-                changed = desired.get("spec") != current.get("spec")
-                meta["generation"] = old_meta["generation"] + (1 if changed else 0)
+                bump = _bumps_generation(rt, current, desired)
+                meta["generation"] = old_meta["generation"] + (1 if bump else 0)
             if finish is not None:  # e.g. status derived from the final spec and generation
                 desired = finish(desired)
             if _strip_volatile(desired) == _strip_volatile(current):

@@ -94,8 +94,17 @@ def test_scale_up_and_down_runs_processes_writes_status_and_targets(
         assert sorted(t[1]["pod"] for t in published[-1]) == sorted(r.pod for r in replicas)
         assert _status(api)["observedGeneration"] == 2
 
+        # what the engine does: an annotation write bumps a Deployment's generation (kube),
+        # and the kubelet reports it observed, with no change to the replicas
+        k8s.AppsV1Api(api_client).patch_namespaced_deployment(
+            NAME, NS, {"metadata": {"annotations": {"aegisops.dev/last-action": "scale_up 1->3"}}}
+        )
+        wait_until(lambda: _status(api).get("observedGeneration") == 3, timeout=20, message="gen 3")
+        assert kubelet.replicas(namespace=NS, name=NAME) == replicas
+
         _scale(api_client, 1)
         wait_until(lambda: _status(api).get("readyReplicas") == 1, timeout=20, message="1 ready")
+        assert _status(api)["observedGeneration"] == 4
         assert [r.pod for r in kubelet.replicas(namespace=NS, name=NAME)] == [first.pod]
         assert [pid_alive(r.proc.pid) for r in replicas] == [True, False, False]
         assert targets_file.read_text() == f"{first.url}\n"

@@ -46,6 +46,24 @@ def test_deployment_crud_with_resource_versions_and_generation(
     same = apps.patch_namespaced_deployment("web", NS, {"spec": {"replicas": 5}})
     assert same.metadata.resource_version == bumped.metadata.resource_version  # no-op write
 
+    # kube's deployment strategy: annotation changes bump the generation too (they are
+    # copied to ReplicaSets); label changes and status writes do not
+    noted = apps.patch_namespaced_deployment(
+        "web", NS, {"metadata": {"annotations": {"aegisops.dev/last-action": "scale_up 1->2"}}}
+    )
+    assert noted.metadata.generation == 3
+    relabelled = apps.patch_namespaced_deployment("web", NS, {"metadata": {"labels": {"x": "y"}}})
+    assert relabelled.metadata.generation == 3
+    status = apps.patch_namespaced_deployment_status(
+        "web", NS, {"status": {"replicas": 5, "observedGeneration": 3}}
+    )
+    assert (status.metadata.generation, status.status.observed_generation) == (3, 3)
+    core = k8s.CoreV1Api(admin)
+    service = {"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}
+    core.create_namespaced_service(NS, service)
+    annotated = core.patch_namespaced_service("web", NS, {"metadata": {"annotations": {"a": "b"}}})
+    assert annotated.metadata.generation == 1  # other kinds: spec changes only
+
     listed = apps.list_namespaced_deployment(NS, label_selector="app=web,tier in (front)")
     assert [d.metadata.name for d in listed.items] == ["web"]
     assert apps.list_namespaced_deployment(NS, label_selector="tier!=front").items == []

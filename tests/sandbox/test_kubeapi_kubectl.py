@@ -185,7 +185,7 @@ def test_get_scale_annotate(kubeapi: KubeAPIServer, kubectl: Kubectl, make_deplo
     assert annotations == {"aegisops.dev/last-action": "scale_up 2->3"}
 
     as_json = json.loads(kubectl("-n", "aegisops", "get", "deploy", "web", "-o", "json").stdout)
-    assert as_json["metadata"]["generation"] == 2
+    assert as_json["metadata"]["generation"] == 3  # scale, then annotate: both bump (kube)
 
     missing = kubectl("-n", "aegisops", "get", "deploy", "nope", check=False)
     assert missing.stderr.strip() == (
