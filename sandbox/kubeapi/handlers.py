@@ -16,7 +16,7 @@ from sandbox.kubeapi.rbac import Attributes, Authorizer, user_groups
 from sandbox.kubeapi.resources import ResourceType
 from sandbox.kubeapi.routing import RequestInfo
 from sandbox.kubeapi.selectors import field_matcher, label_matcher
-from sandbox.kubeapi.store import Obj, Store
+from sandbox.kubeapi.store import Obj, Store, WatchEvent
 
 DEFAULT_WATCH_SECONDS = 1800
 
@@ -344,7 +344,23 @@ class Handlers:
                 rv = event.rv
                 if event.key != key or (namespace is not None and event.namespace != namespace):
                     continue
-                if match(event.obj):
-                    yield shape(event.type, copy.deepcopy(event.obj))
+                seen = filtered_event(event, match)
+                if seen is not None:
+                    yield shape(*seen)
             if not events:
                 self.store.wait_beyond(rv, min(0.25, max(0.0, deadline - time.monotonic())))
+
+
+def filtered_event(event: WatchEvent, match: Callable[[Obj], bool]) -> tuple[str, Obj] | None:
+    """What a watch with a selector sees, as kube's cacheWatcher translates it: an object
+    that starts matching is ADDED, one that stops matching is DELETED (its previous
+    content at the event's resourceVersion), a change outside the selector is nothing."""
+    now_matches = event.type != "DELETED" and match(event.obj)
+    was_matching = event.prev is not None and match(event.prev)
+    if now_matches:
+        return ("MODIFIED" if was_matching else "ADDED"), copy.deepcopy(event.obj)
+    if was_matching and event.prev is not None:
+        gone = copy.deepcopy(event.prev)
+        gone["metadata"]["resourceVersion"] = event.obj["metadata"]["resourceVersion"]
+        return "DELETED", gone
+    return None

@@ -38,6 +38,7 @@ class WatchEvent:
     key: Key
     namespace: str
     obj: Obj
+    prev: Obj | None = None  # the object before this change (None for ADDED), as kube keeps it
 
 
 def utc_now() -> datetime:
@@ -171,7 +172,7 @@ class Store:
                 desired = finish(desired)
             if _strip_volatile(desired) == _strip_volatile(current):
                 return copy.deepcopy(current)  # a write that changes nothing keeps the RV
-            return self._write(rt, namespace, name, desired, "MODIFIED")
+            return self._write(rt, namespace, name, desired, "MODIFIED", prev=current)
 
     def delete(self, rt: ResourceType, namespace: str, name: str) -> Obj:
         with self.cond:
@@ -219,29 +220,51 @@ class Store:
             if (namespace, name) not in self._bucket(rt):
                 return name
 
-    def _write(self, rt: ResourceType, namespace: str, name: str, obj: Obj, kind: str) -> Obj:
+    def _write(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        obj: Obj,
+        kind: str,
+        *,
+        prev: Obj | None = None,
+    ) -> Obj:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         self._bucket(rt)[(namespace, name)] = obj
-        self._event((rt.group, rt.plural), namespace, obj, kind)
+        self._event((rt.group, rt.plural), namespace, obj, kind, prev=prev)
         return copy.deepcopy(obj)
 
     def _record(self, rt: ResourceType, namespace: str, obj: Obj, kind: str) -> Obj:
+        prev = copy.deepcopy(obj)
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
-        self._event((rt.group, rt.plural), namespace, obj, kind)
+        self._event((rt.group, rt.plural), namespace, obj, kind, prev=prev)
         return copy.deepcopy(obj)
 
-    def _event(self, key: Key, namespace: str, obj: Obj, kind: str) -> None:
+    def _event(
+        self, key: Key, namespace: str, obj: Obj, kind: str, *, prev: Obj | None = None
+    ) -> None:
         if len(self._events) == self._events.maxlen:
             self._compacted = self._events[0].rv
-        self._events.append(WatchEvent(self._rv, kind, key, namespace, copy.deepcopy(obj)))
+        self._events.append(
+            WatchEvent(
+                self._rv,
+                kind,
+                key,
+                namespace,
+                copy.deepcopy(obj),
+                copy.deepcopy(prev) if prev is not None else None,
+            )
+        )
         self.cond.notify_all()
 
     def _delete_contents(self, namespace: str) -> None:
         for (group, plural), bucket in self._objects.items():
             for ns, name in [k for k in bucket if k[0] == namespace and k[0]]:
                 obj = bucket.pop((ns, name))
+                prev = copy.deepcopy(obj)
                 self._rv += 1
                 obj["metadata"]["resourceVersion"] = str(self._rv)
-                self._event((group, plural), ns, obj, "DELETED")
+                self._event((group, plural), ns, obj, "DELETED", prev=prev)

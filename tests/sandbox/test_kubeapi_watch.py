@@ -118,3 +118,44 @@ def test_watch_filters_by_label_selector_and_namespace(
         )
     ]
     assert names == [(NS, "web")]
+
+
+def test_selector_watch_sees_objects_enter_and_leave_like_kube(
+    kubeapi: KubeAPIServer, admin: k8s.ApiClient, make_deployment: Manifest
+) -> None:
+    """kube's cacheWatcher: starts matching -> ADDED, stops matching -> DELETED (the
+    previous content at the new resourceVersion), changes outside the selector -> nothing."""
+    apps = k8s.AppsV1Api(admin)
+    start = kubeapi.store.resource_version
+
+    def label(tier: str | None) -> Any:
+        return apps.patch_namespaced_deployment("web", NS, {"metadata": {"labels": {"tier": tier}}})
+
+    apps.create_namespaced_deployment(NS, make_deployment("web"))  # not matching yet
+    label("front")
+    apps.patch_namespaced_deployment_scale("web", NS, {"spec": {"replicas": 2}})
+    left = label("back")
+    apps.patch_namespaced_deployment_scale("web", NS, {"spec": {"replicas": 3}})  # outside
+    apps.delete_namespaced_deployment("web", NS)  # outside: no event
+
+    seen = [
+        (
+            event["type"],
+            event["object"].metadata.labels.get("tier"),
+            event["object"].spec.replicas,
+            event["object"].metadata.resource_version,
+        )
+        for event in watch.Watch().stream(
+            apps.list_namespaced_deployment,
+            NS,
+            label_selector="tier=front",
+            resource_version=str(start),
+            timeout_seconds=1,
+        )
+    ]
+    assert [s[:3] for s in seen] == [
+        ("ADDED", "front", 1),
+        ("MODIFIED", "front", 2),
+        ("DELETED", "front", 2),
+    ]
+    assert seen[-1][3] == left.metadata.resource_version
