@@ -157,7 +157,10 @@ def serve(config: Config, *, env: Mapping[str, str], once: bool, stop: threading
     )
     source = PrometheusSource(config=config.prometheus, targets=[t.key for t in config.targets])
     notifier = SlackNotifier(
-        config=config.slack, webhook=config.slack.webhook, on_result=metrics.slack_message
+        config=config.slack,
+        webhook=config.slack.webhook,
+        on_result=metrics.slack_message,
+        deadline_seconds=min(config.slack.max_retry_wait_seconds, config.poll_interval_seconds),
     )
     engine = Engine(config=config, source=source, kube=kube, notifier=notifier, metrics=metrics)
     try:

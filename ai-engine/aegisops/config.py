@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from aegisops.configschema import (
     ConfigError,
@@ -410,20 +412,39 @@ def _check_url(url: str, *, key: str) -> None:
 
 
 def _webhook(env_name: str, env: Mapping[str, str]) -> Secret | None:
-    """The Slack webhook from the env var `env_name`; unset or empty means Slack is off."""
+    """The Slack webhook from the env var `env_name`; unset or empty means Slack is off.
+
+    Checked as urllib3 (under requests) will parse it, so a URL that passes here can be
+    posted to: https (plain http only to a local host), a well-formed host, a valid port.
+    """
     url = env.get(env_name, "").strip()
     if not url:
         return None
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        parts, host = None, ""
-    local_http = parts is not None and parts.scheme == "http" and host in LOCAL_HOSTS
-    spaced = any(c.isspace() for c in url)
-    if parts is None or not host or spaced or (parts.scheme != "https" and not local_http):
+    if not _usable_webhook(url):
         raise ConfigError(
-            f"the value of ${env_name} is not an https:// URL (the URL itself is not shown)",
+            f"the value of ${env_name} is not an https:// URL with a valid host and port "
+            "(the URL itself is not shown)",
             key="slack.webhook",
         )
     return Secret(url)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _usable_webhook(url: str) -> bool:
+    if any(c.isspace() for c in url):
+        return False
+    try:
+        parts = parse_url(url)
+    except LocationParseError:
+        return False
+    host = parts.host or ""
+    local_http = parts.scheme == "http" and host in LOCAL_HOSTS | {"[::1]"}
+    if parts.scheme != "https" and not local_http:
+        return False
+    if parts.port is not None and not 0 < parts.port < 65536:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        return True  # an IPv6 literal: urllib3 has checked it
+    return bool(host) and all(_HOST_LABEL.match(label) for label in host.split("."))

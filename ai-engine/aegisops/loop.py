@@ -373,11 +373,20 @@ class Engine:
     def _notify(
         self, build: Callable[..., dict[str, Any]], w: Workload, *, obs: Observation, **fields: Any
     ) -> None:
-        """One Slack message: anomaly confirmed, action taken, or resolved."""
-        payload = build(
-            workload=w.target.key, metrics=_metric_lines(obs), dry_run=self.config.dry_run, **fields
-        )
-        self.notifier.send(payload)
+        """One Slack message: anomaly confirmed, action taken, or resolved.
+
+        Guarded: whatever goes wrong with Slack, the pass (and the action) goes on.
+        """
+        try:
+            payload = build(
+                workload=w.target.key,
+                metrics=_metric_lines(obs),
+                dry_run=self.config.dry_run,
+                **fields,
+            )
+            self.notifier.send(payload)
+        except Exception as err:  # the type only: an error may carry the webhook URL
+            log.error("Slack notification failed (%s)", type(err).__name__, extra=_on(w.target.key))
 
     def _count_action(self, w: Workload, *, action: str, result: str) -> None:
         if self.metrics is not None:

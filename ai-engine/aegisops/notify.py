@@ -5,7 +5,10 @@ are retried with backoff, honouring `Retry-After`, within `max_retries` and a to
 `max_retry_wait_seconds`; 400/403/404/410 (and any other 4xx) are permanent: one log line
 with Slack's error text (`channel_is_archived`...), no retry. Without a webhook the notifier
 is off: it says so once and `send` returns False. requests' exceptions carry the URL, so only
-their type is ever logged.
+their type is ever logged. `send` never raises: an unusable URL (InvalidURL, urllib3's
+LocationParseError...) or any other surprise is logged by type and the message dropped, never
+retried. The whole send, posts and waits, is bounded by `deadline_seconds` (the CLI passes
+min(max_retry_wait_seconds, poll_interval_seconds)), so a Slack outage cannot stall a pass.
 
 The builders (`anomaly_message`, `action_message`, `resolved_message`) are pure: plain values
 in, a payload with a `text` fallback and `blocks` out.
@@ -44,8 +47,12 @@ class SlackNotifier:
         sleep: Callable[[float], None] = time.sleep,
         session: requests.Session | None = None,
         on_result: Callable[[str], None] | None = None,
+        deadline_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.deadline_seconds = deadline_seconds
+        self._clock = clock
         self._webhook = webhook
         self._sleep = sleep
         self._session = session or requests.Session()
@@ -63,7 +70,14 @@ class SlackNotifier:
         self._session.close()
 
     def send(self, payload: Mapping[str, Any]) -> bool:
-        """Post `payload`; True when Slack answered 200. Never raises for HTTP trouble."""
+        """Post `payload`; True when Slack answered 200. Never raises."""
+        try:
+            return self._send(payload)
+        except Exception as err:  # a notification must never stop the caller
+            log.error("Slack message dropped: unexpected %s", type(err).__name__)
+            return self._done(RESULT_FAILED)
+
+    def _send(self, payload: Mapping[str, Any]) -> bool:
         if self._webhook is None:
             return self._done(RESULT_DISABLED)
         try:
@@ -74,12 +88,15 @@ class SlackNotifier:
                 "(NaN, Infinity or a type JSON cannot hold)"
             )
             return self._done(RESULT_FAILED)
-        waited = 0.0
+        waited, started = 0.0, self._clock()
         attempts = self.config.max_retries + 1
         for attempt in range(1, attempts + 1):
-            status, problem, retry_after = self._post(self._webhook, body)
+            status, problem, retry_after = self._post(self._webhook, body, timeout=self._timeout())
             if 200 <= status < 300:
                 return self._done(RESULT_SENT)
+            if status < 0:
+                log.error("%s; the message is dropped (not retried)", problem)
+                return self._done(RESULT_FAILED)
             if status and not _retryable(status):
                 log.error("%s; the message is dropped (not retried)", problem)
                 return self._done(RESULT_FAILED)
@@ -98,6 +115,15 @@ class SlackNotifier:
                     budget,
                 )
                 return self._done(RESULT_FAILED)
+            deadline = self.deadline_seconds
+            spent = self._clock() - started
+            if deadline is not None and spent + wait + self._timeout() > deadline:
+                log.error(
+                    "%s; the message is dropped: another attempt would exceed the %g s deadline",
+                    problem,
+                    deadline,
+                )
+                return self._done(RESULT_FAILED)
             log.warning(
                 "%s; retrying in %g s (attempt %d of %d)", problem, wait, attempt + 1, attempts
             )
@@ -105,20 +131,34 @@ class SlackNotifier:
             waited += wait
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _post(self, webhook: Secret, body: bytes) -> tuple[int, str, float | None]:
-        """(status, what happened, Retry-After seconds); status 0 for a network error."""
+    def _timeout(self) -> float:
+        """The per-POST timeout, never longer than the whole send's deadline."""
+        if self.deadline_seconds is None or self.deadline_seconds <= 0:
+            return self.config.timeout_seconds
+        return min(self.config.timeout_seconds, self.deadline_seconds)
+
+    def _post(
+        self, webhook: Secret, body: bytes, *, timeout: float
+    ) -> tuple[int, str, float | None]:
+        """(status, what happened, Retry-After seconds).
+
+        Status 0: a transient network error (retried); -1: the request cannot work as
+        configured (an unusable URL...), not retried. Exceptions carry the URL: type only.
+        """
         try:
             response = self._session.post(
                 webhook.reveal(),
                 data=body,
                 headers={"Content-Type": "application/json; charset=utf-8"},
-                timeout=self.config.timeout_seconds,
+                timeout=timeout,
                 allow_redirects=False,
             )
         except requests.Timeout:
-            return 0, f"Slack did not answer within {self.config.timeout_seconds:g} s", None
-        except requests.RequestException as err:  # its message holds the URL: type only
+            return 0, f"Slack did not answer within {timeout:g} s", None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
             return 0, f"cannot reach Slack ({type(err).__name__})", None
+        except Exception as err:  # InvalidURL, LocationParseError...: retrying cannot help
+            return -1, f"cannot post to Slack ({type(err).__name__})", None
         text = response.text.strip().replace("\n", " ")[:200]
         problem = f"Slack answered HTTP {response.status_code} {text}".rstrip()
         return response.status_code, problem, _retry_after(response.headers.get("Retry-After"))

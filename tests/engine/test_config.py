@@ -274,6 +274,8 @@ def test_secret_never_prints() -> None:
         "https://hooks.slack.com/services/T000/B000/XXXX",
         "http://127.0.0.1:8099/services/T000/B000/XXXX",
         "http://localhost:8099/services/T000/B000/XXXX",
+        "https://hooks.slack.com:443/services/T000/B000/XXXX",
+        "http://[::1]:8099/services/T000/B000/XXXX",
     ],
 )
 def test_webhook_is_read_from_the_named_env_var(url: str) -> None:
@@ -300,13 +302,18 @@ def test_unset_or_empty_webhook_means_slack_off(value: str) -> None:
         "https:///SECRETPART",
         "http://[SECRETPART/",
         "https://hooks.slack.com/services/T000/B000/SECRET PART",
+        "https://hooks..slack.com/services/T000/B000/SECRETPART",
+        "https://.slack.com/services/SECRETPART",
+        "https://hooks.slack.com:99999/services/SECRETPART",
+        "https://hooks.slack.com:0/services/SECRETPART",
+        "https://-hooks.slack.com/services/SECRETPART",
     ],
 )
 def test_malformed_webhook_is_a_startup_error_without_the_url(url: str) -> None:
     message = error_of(minimal(), {"SLACK_WEBHOOK_URL": url})
     assert message == (
-        "slack.webhook: the value of $SLACK_WEBHOOK_URL is not an https:// URL "
-        "(the URL itself is not shown)"
+        "slack.webhook: the value of $SLACK_WEBHOOK_URL is not an https:// URL with a valid "
+        "host and port (the URL itself is not shown)"
     )
     assert "SECRETPART" not in message
 

@@ -431,3 +431,24 @@ def test_a_failed_scale_puts_the_annotations_back_so_the_next_pass_retries(
     assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
     assert "scale_up 1->2 failed (error): patch deployments/scale: 503" in caplog.text
     assert "annotations put back; the next pass may try again" in caplog.text
+
+
+class RaisingNotifier(FakeNotifier):
+    """A notifier that blows up (what an unguarded bad webhook URL used to do)."""
+
+    def send(self, payload: Mapping[str, Any]) -> bool:
+        super().send(payload)
+        raise ValueError("Failed to parse: https://hooks..slack.com/services/SECRET")
+
+
+def test_slack_trouble_never_blocks_an_action(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig()
+    r.engine.notifier = RaisingNotifier()  # type: ignore[assignment]
+    r.source.surge_from = T0
+    results = r.passes(5, start=T0 + 1)
+    assert [p.actions for p in results] == [0, 0, 1, 0, 0]
+    assert [p.errors for p in results] == [0] * 5
+    assert r.kube.replicas == 2
+    assert "Slack notification failed (ValueError)" in caplog.text
+    assert "SECRET" not in caplog.text

@@ -197,6 +197,48 @@ def test_network_errors_are_retried_and_never_show_the_url(
     assert str(port) not in caplog_aegisops.text
 
 
+def test_an_unusable_url_is_dropped_once_by_type_and_never_raises(
+    rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    # a mistyped host passes nothing on the wire: urllib3 raises LocationParseError
+    url = f"https://hooks..slack.com{WEBHOOK_PATH}"
+    assert notifier(url, rec).send(PAYLOAD) is False
+    assert rec.sleeps == [] and rec.results == ["failed"]
+    assert lines(caplog_aegisops) == [
+        ("ERROR", "cannot post to Slack (LocationParseError); the message is dropped (not retried)")
+    ]
+    assert_url_hidden(caplog_aegisops, url)
+
+
+def test_the_whole_send_is_bounded_by_the_deadline(
+    slack: SlackReceiver, caplog_aegisops: pytest.LogCaptureFixture
+) -> None:
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    slack.script(500, times=5)
+    sender = SlackNotifier(
+        config=slack_config(max_retries=5, timeout_seconds=2.0),
+        webhook=Secret(slack.url),
+        sleep=sleep,
+        clock=lambda: now[0],
+        deadline_seconds=4.0,
+    )
+    assert sender.send(PAYLOAD) is False
+    # attempt 1, wait 1 s, attempt 2; a 2 s wait plus a 2 s attempt would end past 4 s
+    assert sleeps == [1.0]
+    assert [r.status for r in slack.received()] == [500, 500]
+    level, message = lines(caplog_aegisops)[-1]
+    assert level == "ERROR"
+    assert message.endswith(
+        "; the message is dropped: another attempt would exceed the 4 s deadline"
+    )
+
+
 def test_a_silent_server_times_out(
     rec: Recorder, caplog_aegisops: pytest.LogCaptureFixture
 ) -> None:
