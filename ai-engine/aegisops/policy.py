@@ -387,7 +387,8 @@ def _relieved(ctx: _Context) -> bool:
         and (memory.last_action or "").startswith("scale_up")
     )
     latency_up = any(d.metric == P95 and d.direction == "up" for d in material(obs, ctx.params))
-    return scaled and P95 in obs.values and not latency_up
+    measured = math.isfinite(obs.values.get(P95, math.nan))  # missing p95 arrives as NaN
+    return scaled and measured and not latency_up
 
 
 def material(obs: Observation, params: PolicyParams) -> tuple[Deviation, ...]:

@@ -138,6 +138,21 @@ def test_after_a_step_that_relieved_latency_more_traffic_alone_does_not_scale_ag
     assert (again.action, again.replicas_after) == ("scale_up", 3)
 
 
+def test_a_missing_p95_is_not_read_as_latency_back_at_baseline() -> None:
+    busy = (SURGE[1],)  # rps still up; p95 not measured this time (NaN from Prometheus)
+
+    def unmeasured(t: float) -> Observation:
+        values = {"rps": 150.0, "p95_latency_seconds": float("nan"), "memory_bytes": 1e8}
+        return replace(anomaly(t, busy), values=values)
+
+    w = Workload()
+    w.feed(anomaly, 3)
+    w.feed(unmeasured, 19)  # 285 s, still in the cooldown
+    after = w.feed(unmeasured)[0]
+    assert "back at baseline" not in after.reason
+    assert (after.action, after.replicas_after) == ("scale_up", 3)
+
+
 def test_cooldown_survives_a_restart_through_the_annotations() -> None:
     w = Workload()
     w.feed(anomaly, 3)
