@@ -8,6 +8,7 @@ loop as annotations on the Deployment. See docs/detector.md for the rules.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -165,7 +166,7 @@ def memory_from_annotations(
     original: int | None = None
     raw = annotations.get(ORIGINAL_REPLICAS)
     if raw is not None:
-        if raw.strip().isdigit():
+        if re.fullmatch(r"[0-9]+", raw.strip()):  # ASCII digits only: "²".isdigit() is True
             original = int(raw)
         else:
             problems.append(f"{ORIGINAL_REPLICAS}: {raw!r} is not a replica count; ignored")

@@ -265,6 +265,13 @@ def test_garbage_annotations_are_ignored_with_a_reason() -> None:
     )
 
 
+@pytest.mark.parametrize("raw", ["²", "٣", "1.5", "-1", ""])
+def test_original_replicas_needs_ascii_digits_and_never_raises(raw: str) -> None:
+    memory, problems = memory_from_annotations({ORIGINAL_REPLICAS: raw})
+    assert memory.original_replicas is None
+    assert problems == (f"aegisops.dev/original-replicas: {raw!r} is not a replica count; ignored",)
+
+
 def test_offsets_are_accepted_in_annotations() -> None:
     memory, problems = memory_from_annotations({COOLDOWN_UNTIL: "2025-11-26T11:05:00+01:00"})
     assert problems == ()
