@@ -13,7 +13,8 @@ Managed Deployments: those matching `selector`, by default the label
 Sample-app settings come from the first container: its `args` and its `env` entries
 named APP_* with a literal `value` (see `aegisops-sample-app --help`), then the annotation
 `sandbox.aegisops.dev/app-args` (e.g. "--workers 2 --service-time 0.05"), which wins.
-Host, port and port-file are always the kubelet's. Settings are read when a replica
+Host, port and port-file are always the kubelet's, and replicas run with `--enable-faults`
+(POST /fault), which the shipped manifests leave off. Settings are read when a replica
 starts. Scale-down stops the newest replicas first (SIGTERM, wait, SIGKILL); a replica
 that dies is replaced on the next resync.
 """
@@ -274,7 +275,8 @@ class Kubelet:
             deployment=key[1],
             pod=f"{key[1]}-{self._random.getrandbits(40):010x}",
             directory=self.dir,
-            args=["--seed", str(self._seq), *flags],
+            # the sandbox is loopback-only: tests and the demo may flip faults at runtime
+            args=["--enable-faults", "--seed", str(self._seq), *flags],
             env=env,
         )
 

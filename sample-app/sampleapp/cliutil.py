@@ -46,6 +46,17 @@ def float_in(
     return convert
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+
+
 def env_default(
     parser: argparse.ArgumentParser,
     env: Mapping[str, str],

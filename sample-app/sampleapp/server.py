@@ -5,7 +5,9 @@ holding one for its service time (sleep-based, CPU-light). The HTTP front end ac
 many concurrent connections (one thread each); only N do work at a time, the rest
 queue, and latency is measured from arrival, so overload shows in the histogram.
 
-Endpoints: GET / (work), GET /healthz, GET /metrics, GET|POST /fault.
+Endpoints: GET / (work), GET /healthz, GET /metrics, GET|POST /fault. /fault (runtime
+fault switches) is off unless started with --enable-faults / APP_ENABLE_FAULTS=true:
+anyone who can reach the port could otherwise leak its memory to an OOM kill.
 Only / (and unknown paths, as path="other") count in http_requests_total.
 """
 
@@ -31,7 +33,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
-from sampleapp.cliutil import env_default, float_in, int_at_least, setup_logging
+from sampleapp.cliutil import boolean, env_default, float_in, int_at_least, setup_logging
 from sampleapp.cliutil import write_atomically as write_port_file
 from sampleapp.faults import FaultError, Faults, MemoryLeak, parse_fault_update
 from sampleapp.metrics import AppMetrics, build_metrics
@@ -39,6 +41,10 @@ from sampleapp.metrics import AppMetrics, build_metrics
 log = logging.getLogger("sampleapp")
 
 MAX_FAULT_BODY_BYTES = 64 * 1024
+FAULTS_OFF = {
+    "error": "fault injection is off: start the app with --enable-faults"
+    " (APP_ENABLE_FAULTS=true) to use /fault"
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class AppSettings:
     seed: int = 0
     faults: Faults = field(default_factory=Faults)
     max_leak_bytes: int = 512 * 1024 * 1024
+    enable_faults: bool = False  # the /fault endpoint; start-up fault flags work regardless
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -84,7 +91,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._reply(200, app.metrics_payload(), content_type=CONTENT_TYPE_LATEST)
         elif path == "/fault":
-            self._reply_json(200, app.faults.to_json())
+            if app.settings.enable_faults:
+                self._reply_json(200, app.faults.to_json())
+            else:
+                self._reply_json(403, FAULTS_OFF)
         else:
             self._not_found(arrived)
 
@@ -92,6 +102,9 @@ class _Handler(BaseHTTPRequestHandler):
         arrived = time.perf_counter()
         if self.path.split("?", 1)[0] != "/fault":
             self._not_found(arrived)
+            return
+        if not self.server.app.settings.enable_faults:
+            self._reply_json(403, FAULTS_OFF)
             return
         raw_length = self.headers.get("Content-Length") or "0"
         length = int(raw_length) if raw_length.isdigit() else -1
@@ -281,6 +294,13 @@ def parse_args(argv: Sequence[str], *, env: Mapping[str, str]) -> _Cli:
         )
         dest = opt.flag.removeprefix("--").replace("-", "_")
         parser.set_defaults(**{dest: env_default(parser, env, opt.env, opt.convert, opt.fallback)})
+    parser.add_argument(
+        "--enable-faults",
+        action="store_true",
+        help="serve POST/GET /fault (runtime fault switches); keep off where others can reach"
+        " the port [APP_ENABLE_FAULTS, default false]",
+    )
+    parser.set_defaults(enable_faults=env_default(parser, env, "APP_ENABLE_FAULTS", boolean, False))
     args = parser.parse_args(argv)
     try:
         faults = Faults(
@@ -299,6 +319,7 @@ def parse_args(argv: Sequence[str], *, env: Mapping[str, str]) -> _Cli:
         seed=args.seed,
         faults=faults,
         max_leak_bytes=args.max_leak_bytes,
+        enable_faults=args.enable_faults,
     )
     return _Cli(settings=settings, port_file=args.port_file)
 
@@ -329,13 +350,14 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
             app.stop()
             return 1
     log.info(
-        "listening on %s (workers=%d service_time=%.3fs jitter=%.2f seed=%d %s)",
+        "listening on %s (workers=%d service_time=%.3fs jitter=%.2f seed=%d %s fault_endpoint=%s)",
         app.url,
         s.workers,
         s.service_time_seconds,
         s.jitter,
         s.seed,
         _describe_faults(s.faults),
+        "on" if s.enable_faults else "off",
     )
     while not stop.wait(1.0):
         pass

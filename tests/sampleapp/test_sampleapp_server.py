@@ -28,7 +28,7 @@ def bucket(samples: dict, le: float) -> float:
 
 
 def test_exposes_exactly_the_engine_metrics_and_counts_only_work(tmp_path: Path) -> None:
-    with running_app(tmp_path, "--service-time", "0.001") as app:
+    with running_app(tmp_path, "--service-time", "0.001", "--enable-faults") as app:
         for _ in range(3):
             assert app.request("GET", "/") == (200, b"ok\n")
         assert app.request("GET", "/healthz") == (200, b"ok\n")
@@ -66,7 +66,7 @@ def test_exposes_exactly_the_engine_metrics_and_counts_only_work(tmp_path: Path)
     assert re.search(
         r"INFO sampleapp listening on http://127\.0\.0\.1:\d+ \(workers=4 service_time=0\.001s"
         r" jitter=0\.10 seed=0 extra_latency_seconds=0\.0 leak_bytes_per_second=0"
-        r" error_rate=0\.0\)\n",
+        r" error_rate=0\.0 fault_endpoint=on\)\n",
         err,
     ), err
 
@@ -98,7 +98,9 @@ def test_overload_queues_and_shows_in_the_histogram(tmp_path: Path) -> None:
 
 
 def test_extra_latency_fault_shows_in_the_histogram(tmp_path: Path) -> None:
-    with running_app(tmp_path, "--service-time", "0.001", "--jitter", "0") as app:
+    with running_app(
+        tmp_path, "--service-time", "0.001", "--jitter", "0", "--enable-faults"
+    ) as app:
         assert app.request("GET", "/")[0] == 200
         assert app.set_faults(extra_latency_seconds=0.3) == {
             "error_rate": 0.0,
@@ -113,7 +115,7 @@ def test_extra_latency_fault_shows_in_the_histogram(tmp_path: Path) -> None:
 
 
 def test_error_rate_one_answers_500_and_counts_them(tmp_path: Path) -> None:
-    with running_app(tmp_path, "--service-time", "0.001") as app:
+    with running_app(tmp_path, "--service-time", "0.001", "--enable-faults") as app:
         app.set_faults(error_rate=1)
         assert [app.request("GET", "/") for _ in range(3)] == [(500, b"injected error\n")] * 3
         app.set_faults(error_rate=0)
@@ -125,7 +127,9 @@ def test_error_rate_one_answers_500_and_counts_them(tmp_path: Path) -> None:
 
 
 def test_leak_set_at_start_grows_rss(tmp_path: Path) -> None:
-    with running_app(tmp_path, "--leak-bytes-per-second", str(200 * 2**20)) as app:
+    with running_app(
+        tmp_path, "--leak-bytes-per-second", str(200 * 2**20), "--enable-faults"
+    ) as app:
         first = app.sample("process_resident_memory_bytes")
         wait_for(
             lambda: app.sample("process_resident_memory_bytes") >= first + 60 * 2**20,
@@ -165,7 +169,7 @@ def test_leak_set_at_start_grows_rss(tmp_path: Path) -> None:
 def test_bad_fault_bodies_get_400_and_change_nothing(
     tmp_path: Path, body: bytes, message: str
 ) -> None:
-    with running_app(tmp_path, "--error-rate", "0.25") as app:
+    with running_app(tmp_path, "--error-rate", "0.25", "--enable-faults") as app:
         status, reply = app.request("POST", "/fault", body)
         assert (status, json.loads(reply)) == (400, {"error": message})
         assert json.loads(app.request("GET", "/fault")[1]) == {
@@ -188,6 +192,11 @@ def test_bad_fault_bodies_get_400_and_change_nothing(
             "environment variable APP_SERVICE_TIME: expected a number, got 'fast'",
         ),
         (["--bogus"], {}, "unrecognized arguments: --bogus"),
+        (
+            [],
+            {"APP_ENABLE_FAULTS": "maybe"},
+            "environment variable APP_ENABLE_FAULTS: expected true or false, got 'maybe'",
+        ),
     ],
 )
 def test_bad_flags_and_env_exit_2_with_a_clear_message(
@@ -226,7 +235,7 @@ def test_console_script_env_config_and_sigint(tmp_path: Path) -> None:
 
 
 def test_bad_content_length_gets_400(tmp_path: Path) -> None:
-    with running_app(tmp_path) as app:
+    with running_app(tmp_path, "--enable-faults") as app:
         with socket.create_connection(("127.0.0.1", app.port), timeout=5) as sock:
             sock.sendall(b"POST /fault HTTP/1.0\r\nContent-Length: -5\r\n\r\n")
             reply = sock.makefile("rb").read()
@@ -255,3 +264,37 @@ def test_port_in_use_and_unwritable_port_file_exit_1_without_traceback(tmp_path:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"ERROR sampleapp cannot write the port file {missing}: [Errno 2]" in proc.stderr
+
+
+FAULTS_OFF = {
+    "error": "fault injection is off: start the app with --enable-faults"
+    " (APP_ENABLE_FAULTS=true) to use /fault"
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [([], {}), ([], {"APP_ENABLE_FAULTS": "false"}), (["--error-rate", "0.5"], {})],
+)
+def test_fault_endpoint_is_off_by_default(
+    tmp_path: Path, args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with running_app(tmp_path, "--service-time", "0.001", *args) as app:
+        body = json.dumps({"leak_bytes_per_second": 10**9}).encode()
+        for method, payload in (("POST", body), ("GET", None)):
+            status, reply = app.request(method, "/fault", payload)
+            assert (status, json.loads(reply)) == (403, FAULTS_OFF)
+        err = app.stop()
+    assert "fault_endpoint=off)" in err
+    assert "faults set" not in err  # nothing changed
+
+
+def test_fault_endpoint_switched_on_by_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APP_ENABLE_FAULTS", "true")
+    with running_app(tmp_path) as app:
+        assert app.set_faults(error_rate=0.5)["error_rate"] == 0.5
+        app.stop()

@@ -65,6 +65,12 @@ def test_scale_up_and_down_runs_processes_writes_status_and_targets(
         [first] = kubelet.replicas(namespace=NS, name=NAME)
         assert requests.get(f"{first.url}/healthz", timeout=2).status_code == 200
         assert cmdline(first.proc.pid).endswith("--workers 2 --service-time 0.05")
+        # the sandbox's replicas take runtime faults (the shipped image leaves /fault off)
+        assert requests.get(f"{first.url}/fault", timeout=2).json() == {
+            "error_rate": 0.0,
+            "extra_latency_seconds": 0.0,
+            "leak_bytes_per_second": 0,
+        }
         assert targets_file.read_text() == f"{first.url}\n"
         assert published[-1] == [
             (first.address, {"namespace": NS, "deployment": NAME, "pod": first.pod})

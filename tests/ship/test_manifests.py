@@ -347,3 +347,13 @@ def test_image_tags_follow_the_package_versions() -> None:
     }
     images = {c["image"] for _, spec in pod_specs() for c in spec["containers"]}
     assert images == {f"aegisops/{name}:{version}" for name, version in versions.items()}
+
+
+def test_the_app_ships_with_its_fault_endpoint_off() -> None:
+    """POST /fault can leak memory to an OOM kill: never on in what users apply."""
+    for workload, spec in pod_specs():
+        for container in spec["containers"]:
+            words = [*(container.get("command") or []), *(container.get("args") or [])]
+            assert "--enable-faults" not in words, workload
+            env = {e["name"]: e.get("value") for e in container.get("env") or []}
+            assert env.get("APP_ENABLE_FAULTS", "false") == "false", workload
