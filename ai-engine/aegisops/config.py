@@ -29,7 +29,7 @@ from aegisops.configschema import (
     positive,
     schema_env_keys,
 )
-from aegisops.detector import METRICS, DetectorParams
+from aegisops.detector import MAX_SEED, METRICS, DetectorParams
 from aegisops.policy import Limits, PolicyParams
 
 __all__ = ["Config", "ConfigError", "Secret", "load_config", "parse_config"]
@@ -204,7 +204,7 @@ SCHEMA: Schema = {
         "idle_rps_below": Field(float, 0.05, minimum=0),
         "n_estimators": count(50, minimum=2),
         "max_samples": count(256, minimum=2),
-        "seed": count(42, minimum=0),
+        "seed": Field(int, 42, minimum=0, maximum=MAX_SEED),
         "threshold_quantile": Field(float, 0.995, minimum=0, above=True, maximum=1, below=True),
         "retrain_every_samples": count(5760),
         "max_training_samples": count(5760, minimum=8),

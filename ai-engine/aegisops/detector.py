@@ -20,6 +20,8 @@ from aegisops.forest import Clock, ForestParams, Model, Schedule, Training, trai
 from aegisops.forest import to_score as to_score  # re-exported: part of the public API
 
 METRICS: tuple[str, ...] = ("rps", "p95_latency_seconds", "memory_bytes")
+MAX_SEED = 2**32 - 2
+"""numpy seeds are < 2**32 and the forest's second half uses seed + 1."""
 RPS = "rps"
 
 Status = Literal["learning", "cold_start", "idle", "missing", "scored"]
@@ -91,7 +93,7 @@ def _param_problems(p: DetectorParams) -> list[str]:
         (p.idle_rps_below >= 0, "idle_rps_below must be >= 0"),
         (p.n_estimators >= 2, "n_estimators must be >= 2"),
         (p.max_samples >= 2, "max_samples must be >= 2"),
-        (p.seed >= 0, "seed must be >= 0"),
+        (0 <= p.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}"),
         (0 < p.threshold_quantile < 1, "threshold_quantile must be in (0, 1)"),
         (p.retrain_every_samples >= 1, "retrain_every_samples must be >= 1"),
         (

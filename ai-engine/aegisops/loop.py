@@ -117,9 +117,19 @@ class Engine:
                     "no history, learning from live samples (%d needed)", needed, extra=_on(key)
                 )
                 continue
-            gathered = workload.detector.fit_history(
-                timestamps=past.timestamps.tolist(), X=past.X.tolist()
-            )
+            try:
+                gathered = workload.detector.fit_history(
+                    timestamps=past.timestamps.tolist(), X=past.X.tolist()
+                )
+            except Exception as err:  # one workload's history never stops the start
+                log.error(
+                    "cannot train from history (%s: %s), learning from live samples",
+                    type(err).__name__,
+                    err,
+                    extra=_on(key),
+                )
+                workload.detector = WorkloadDetector(params=self.config.detector)
+                continue
             workload.last_t = float(past.timestamps[-1])
             state = "ready" if workload.detector.ready else "still learning"
             log.info(

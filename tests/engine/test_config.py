@@ -318,6 +318,14 @@ def test_malformed_webhook_is_a_startup_error_without_the_url(url: str) -> None:
     assert "SECRETPART" not in message
 
 
+def test_seed_leaves_room_for_the_second_half_of_the_forest() -> None:
+    # the forest seeds its second half with seed + 1, and numpy wants seeds < 2**32
+    assert parse_config(minimal(detector={"seed": 2**32 - 2}), env={}).detector.seed == 2**32 - 2
+    assert error_of(minimal(detector={"seed": 2**32 - 1})) == (
+        "detector.seed: must be <= 4294967294, got 4294967295"
+    )
+
+
 def test_webhook_env_var_may_carry_the_aegisops_prefix() -> None:
     raw = minimal(slack={"webhook_env": "AEGISOPS_SLACK_URL"})
     config = parse_config(raw, env={"AEGISOPS_SLACK_URL": "https://hooks.slack.com/x"})

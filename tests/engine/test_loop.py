@@ -452,3 +452,31 @@ def test_slack_trouble_never_blocks_an_action(caplog: pytest.LogCaptureFixture) 
     assert r.kube.replicas == 2
     assert "Slack notification failed (ValueError)" in caplog.text
     assert "SECRET" not in caplog.text
+
+
+class BrokenHistory(FakeSource):
+    """History whose rows do not have the three metrics: the detector cannot train on it."""
+
+    def history(self, *, start: float, end: float, step: float) -> dict[str, History]:
+        past = super().history(start=start, end=end, step=step)[KEY]
+        return {KEY: History(timestamps=past.timestamps, X=past.X[:, :2])}
+
+
+def test_untrainable_history_is_logged_and_the_workload_learns_live(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    source = BrokenHistory()
+    engine = Engine(
+        config=make_config(),
+        source=source,  # type: ignore[arg-type]
+        kube=FakeKube(),  # type: ignore[arg-type]
+        notifier=FakeNotifier(),  # type: ignore[arg-type]
+        clock=lambda: T0,
+    )
+    engine.train_from_history(now=T0)  # does not raise
+    assert "cannot train from history (" in caplog.text
+    assert "learning from live samples" in caplog.text
+    for i in range(BASELINE + 2):
+        assert engine.run_pass(T0 + 1 + i).errors == 0
+    assert "score " in decisions(caplog)[-1]
