@@ -246,7 +246,14 @@ class Kubelet:
 
     def _scale_up(self, key: Key, deployment: Obj, *, count: int) -> None:
         flags, env = app_settings(deployment)
-        started = [self._start_replica(key, flags=flags, env=env) for _ in range(count)]
+        started: list[Replica] = []
+        try:
+            for _ in range(count):
+                started.append(self._start_replica(key, flags=flags, env=env))
+        except BaseException:  # e.g. the 2nd spawn fails: the 1st must not be orphaned
+            for replica in started:
+                stop_process(replica.proc)
+            raise
         ready, failed = [], []
         for replica in started:
             try:

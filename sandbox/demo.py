@@ -300,8 +300,9 @@ def play(*, plan: Plan) -> int:
         if not env.get("SLACK_WEBHOOK_URL"):  # set: the engine posts to real Slack
             env["SLACK_WEBHOOK_URL"] = world.slack_url
         world.set_load(Steady(rps=plan.normal_rps))
-        engine = Engine(config_path=config_path, env=env)
-        try:
+        engine: Engine | None = None
+        try:  # the engine starts inside the try, so no interrupt can orphan it
+            engine = Engine(config_path=config_path, env=env)
             run_phase(
                 world=world,
                 engine=engine,
@@ -318,10 +319,11 @@ def play(*, plan: Plan) -> int:
                 seconds=plan.surge_seconds,
             )
         finally:
-            code = engine.stop()
-            say("demo", f"engine stopped (exit code {code})")
-            for line in summary(world=world, engine=engine, timeline=timeline):
-                print(line, flush=True)
+            if engine is not None:
+                code = engine.stop()
+                say("demo", f"engine stopped (exit code {code})")
+                for line in summary(world=world, engine=engine, timeline=timeline):
+                    print(line, flush=True)
     return 0
 
 

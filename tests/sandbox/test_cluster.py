@@ -227,3 +227,35 @@ def test_app_settings_from_args_env_and_annotation(caplog: pytest.LogCaptureFixt
     assert [r.getMessage() for r in caplog.records] == [
         "ignoring sample-app argument '--port' (not one the kubelet passes on)"
     ]
+
+
+class _SecondSpawnFails(Kubelet):
+    """A kubelet whose second process spawn fails (e.g. out of file descriptors)."""
+
+    spawned: list[int]
+
+    def _start_replica(self, key: tuple[str, str], **kwargs: Any) -> Any:
+        if len(self.spawned) == 1:
+            raise OSError(24, "Too many open files")
+        replica = super()._start_replica(key, **kwargs)
+        self.spawned.append(replica.proc.pid)
+        return replica
+
+
+def test_failed_spawn_stops_the_replicas_already_started(
+    api: KubeAPIServer, api_client: k8s.ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.create(app_deployment(spec=AppSpec(replicas=2)))
+    kubelet = _SecondSpawnFails(api_client=api_client)
+    kubelet.spawned = []
+    caplog.set_level(logging.ERROR, logger="sandbox.cluster")
+    kubelet.reconcile_all()  # logs the failure, as every reconcile error
+    try:
+        assert len(kubelet.spawned) == 1
+        assert not pid_alive(kubelet.spawned[0])  # not orphaned
+        assert kubelet.pids() == []
+        assert caplog.records[0].getMessage() == (
+            f"{NS}/{NAME}: reconcile failed: [Errno 24] Too many open files"
+        )
+    finally:
+        kubelet.stop()
