@@ -149,3 +149,32 @@ def test_kind_job_is_manual_and_runs_the_whole_story(workflow: dict[Any, Any]) -
     (slack,) = [s for s in job["steps"] if "SLACK_WEBHOOK_URL" in s.get("env", {})]
     assert slack["env"]["SLACK_WEBHOOK_URL"] == "${{ secrets.SLACK_WEBHOOK_URL }}"
     assert "${{" not in slack["run"]  # no secret interpolated into the shell script
+
+
+def test_kind_job_waits_on_cluster_state_not_on_log_lines(workflow: dict[Any, Any]) -> None:
+    """A grep for `scale_up` also matches "scale_up 1->2 failed (forbidden)" and DRY-RUN
+    lines: the gate is the Deployment's replicas plus the annotation the engine writes."""
+    job = workflow["jobs"]["kind-e2e"]
+    (wait,) = [s for s in job["steps"] if "kubectl -n aegisops wait" in s.get("run", "")]
+    script = wait["run"]
+    assert re.search(
+        r"wait deployment/aegisops-app \\\n\s+--for=jsonpath='\{\.spec\.replicas\}'=2"
+        r" --timeout=35m",
+        script,
+    ), script
+    assert "{.metadata.annotations.aegisops\\.dev/last-action}" in script
+    assert '"scale_up 1->2"*) ;;' in script
+    assert "exit 1" in script
+    gate = script.split("esac", 1)[0]
+    assert "logs" not in gate  # logs are only printed after the state check passed
+    # The waits (helm 10 + three rollouts of 5 + 35) must fit in the job's timeout.
+    waits = sum(int(m) for m in re.findall(r"--timeout[= ](\d+)m", yaml.safe_dump(job)))
+    assert waits == 10 + 3 * 5 + 35
+    assert job["timeout-minutes"] >= waits + 20  # kind, helm repo, image builds
+
+
+def test_kind_job_pins_the_kube_prometheus_stack_chart(workflow: dict[Any, Any]) -> None:
+    job = workflow["jobs"]["kind-e2e"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", str(job["env"]["KPS_CHART_VERSION"]))
+    script = "\n".join(s.get("run", "") for s in job["steps"])
+    assert '--version "$KPS_CHART_VERSION"' in script
