@@ -116,12 +116,14 @@ def cmd_run(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
     try:
         config = load_config(path, env=env)
     except ConfigError as err:
-        port = fallback_port(path, env) if not args.once else 0
+        host, port = fallback_server(path, env) if not args.once else ("", 0)
         if port <= 0:
             return fail(f"invalid config {path}: {err}")
         try:
-            config_or_none = wait_for_valid_config(path, env=env, port=port, stop=stop, first=err)
-        except OSError as bind_error:
+            config_or_none = wait_for_valid_config(
+                path, env=env, host=host, port=port, stop=stop, first=err
+            )
+        except (OSError, OverflowError) as bind_error:
             return fail(f"invalid config {path}: {err} (and {bind_error})")
         if config_or_none is None:
             return EXIT_OK
@@ -179,33 +181,47 @@ def serve(config: Config, *, env: Mapping[str, str], once: bool, stop: threading
         notifier.close()
 
 
-def fallback_port(path: Path, env: Mapping[str, str]) -> int:
-    """The health port to stay up on when the config is invalid; 0: exit instead.
+def fallback_server(path: Path, env: Mapping[str, str]) -> tuple[str, int]:
+    """(host, port) of the health server to stay up on when the config is invalid; port 0: exit.
 
-    AEGISOPS_SERVER_PORT, else `server.port` if the file still says it, else the default
-    8080 only inside a pod (KUBERNETES_SERVICE_HOST set): at a terminal, exit with the error.
+    Port: AEGISOPS_SERVER_PORT, else `server.port` if the file still says it (1..65535),
+    else the default 8080 only inside a pod (KUBERNETES_SERVICE_HOST set): at a terminal,
+    exit with the error. Host: AEGISOPS_SERVER_HOST, else `server.host` if readable, else
+    0.0.0.0.
     """
-    raw = env.get("AEGISOPS_SERVER_PORT")
-    if raw is not None:
-        return int(raw) if raw.strip().isdigit() else 0
+    server: Any = {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        port = data["server"]["port"]
-        if isinstance(port, int) and not isinstance(port, bool):
-            return port
-    except Exception:  # unreadable or broken: fall through to the in-cluster default
+        server = data.get("server") if isinstance(data, dict) else {}
+    except Exception:  # unreadable or broken: fall through to the defaults
         pass
-    return 8080 if env.get("KUBERNETES_SERVICE_HOST") else 0
+    server = server if isinstance(server, dict) else {}
+    host = env.get("AEGISOPS_SERVER_HOST", "").strip() or server.get("host")
+    host = host.strip() if isinstance(host, str) and host.strip() else "0.0.0.0"
+    raw = env.get("AEGISOPS_SERVER_PORT")
+    if raw is not None:
+        port = int(raw) if raw.strip().isdigit() else 0
+        return host, port if 0 < port < 65536 else 0
+    port = server.get("port")
+    if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+        return host, port
+    return host, 8080 if env.get("KUBERNETES_SERVICE_HOST") else 0
 
 
 def wait_for_valid_config(
-    path: Path, *, env: Mapping[str, str], port: int, stop: threading.Event, first: ConfigError
+    path: Path,
+    *,
+    env: Mapping[str, str],
+    host: str = "0.0.0.0",
+    port: int,
+    stop: threading.Event,
+    first: ConfigError,
 ) -> Config | None:
     """Stay alive and not ready, re-reading `path`, until it is valid (or we are stopped)."""
     metrics = SelfMetrics(stale_after_seconds=stale_after(CONFIG_RECHECK_SECONDS))
     reason = f"invalid config {path}: {first}"
     metrics.set_ready(False, reason)
-    with HealthServer(port=port, metrics=metrics):
+    with HealthServer(port=port, metrics=metrics, host=host):
         log.error("%s; not ready, re-checking every %gs", reason, CONFIG_RECHECK_SECONDS)
         while not stop.wait(CONFIG_RECHECK_SECONDS):
             metrics.heartbeat(time.time())

@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from aegisops.cli import main
+from aegisops.cli import fallback_server, main
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import free_port, spawn, stop_process, tail, wait_until
 
@@ -261,3 +261,21 @@ def test_bad_config_and_a_taken_health_port_is_still_one_line(tmp_path: Path) ->
     assert line.startswith(f"aegisops: invalid config {path}: dry_run: ")
     assert f"cannot listen on 0.0.0.0:{port}" in line
     assert "Traceback" not in done.stderr
+
+
+def test_an_out_of_range_port_in_a_bad_config_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "config.yaml", server={"port": 70000})
+    done = run("run", "--config", str(path))
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line == f"aegisops: invalid config {path}: server.port: must be <= 65535, got 70000"
+
+
+def test_the_invalid_config_fallback_reads_host_and_a_valid_port(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "config.yaml", server={"port": 9099, "host": "127.0.0.1"})
+    assert fallback_server(path, {}) == ("127.0.0.1", 9099)
+    assert fallback_server(path, {"AEGISOPS_SERVER_HOST": "::1"}) == ("::1", 9099)
+    assert fallback_server(path, {"AEGISOPS_SERVER_PORT": "70000"}) == ("127.0.0.1", 0)
+    wide = write_config(tmp_path / "wide.yaml", server={"port": 70000})
+    assert fallback_server(wide, {}) == ("0.0.0.0", 0)
+    assert fallback_server(wide, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == ("0.0.0.0", 8080)
