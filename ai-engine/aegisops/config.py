@@ -32,7 +32,7 @@ from aegisops.configschema import (
 from aegisops.detector import MAX_SEED, METRICS, DetectorParams
 from aegisops.policy import Limits, PolicyParams
 
-__all__ = ["Config", "ConfigError", "Secret", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "Secret", "load_config", "mask_url", "parse_config"]
 
 ENV_PREFIX = "AEGISOPS_"
 # Read by the CLI (the config file path itself), not a config key.
@@ -160,7 +160,19 @@ class Config:
         """The effective config as plain data, secrets masked: for the one start-up log line."""
         described = _plain(self)
         assert isinstance(described, dict)
+        described["prometheus"]["url"] = mask_url(self.prometheus.url)
         return described
+
+
+def mask_url(url: str) -> str:
+    """`url` with any `user:password@` shown as `***@` (for logs and error messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _plain(value: Any) -> Any:
@@ -408,7 +420,7 @@ def _check_url(url: str, *, key: str) -> None:
     except ValueError:
         ok = False
     if not ok:
-        raise ConfigError(f"expected an http:// or https:// URL, got {url!r}", key=key)
+        raise ConfigError(f"expected an http:// or https:// URL, got {mask_url(url)!r}", key=key)
 
 
 def _webhook(env_name: str, env: Mapping[str, str]) -> Secret | None:

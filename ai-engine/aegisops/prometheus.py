@@ -1,16 +1,20 @@
 """The engine's only Prometheus edge: one instant query per metric per pass, history at start.
 
 Every series is mapped to a workload `namespace/deployment` through the configured label
-names. A target with no series, or a NaN/Inf value, gets NaN for that metric and a `Gap`
-saying why. Every call has a timeout and there are no hidden retries (the client's default
-urllib3 Retry is replaced): a dead Prometheus fails the pass at once, the next pass tries
-again. Errors are `PrometheusUnavailable` (cannot connect, timeout, 5xx) or
-`PrometheusBadResponse` (not JSON, error status, unexpected shape); neither is retried here.
+names. A target with no series, a NaN/Inf value, or more than one series (the query does
+not aggregate by the workload labels) gets NaN for that metric and a `Gap` saying why.
+Only the targets' series are read: other workloads' series, duplicated or not, never fail
+a pass. The URL's userinfo (`user:password@`) is masked in every message. Every call has a
+timeout and there are no hidden retries (the client's default urllib3 Retry is replaced):
+a dead Prometheus fails the pass at once, the next pass tries again. Errors are
+`PrometheusUnavailable` (cannot connect, timeout, 5xx) or `PrometheusBadResponse` (not
+JSON, error status, unexpected shape); neither is retried here.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,10 +26,11 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util import Retry
 
-from aegisops.config import PrometheusConfig
+from aegisops.config import PrometheusConfig, mask_url
 from aegisops.detector import METRICS
 
 MAX_POINTS_PER_QUERY = 10_000  # Prometheus refuses more than 11,000 points per series
+DUPLICATE = "duplicate series"
 
 
 class PrometheusError(Exception):
@@ -46,7 +51,7 @@ class Gap:
 
     key: str
     metric: str
-    reason: str  # "no series" | "NaN" | "+Inf" | "-Inf"
+    reason: str  # "no series" | "duplicate series" | "NaN" | "+Inf" | "-Inf"
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,24 @@ class Sample:
     gaps: tuple[Gap, ...] = ()
 
     def missing(self, key: str) -> tuple[str, ...]:
-        """The metrics of `key` that had no usable value."""
-        return tuple(gap.metric for gap in self.gaps if gap.key == key)
+        """The metrics of `key` that had no usable value (with the reason when it is not
+        simply "no series" or a NaN, e.g. `rps (duplicate series)`)."""
+        return tuple(
+            f"{gap.metric} ({gap.reason})" if gap.reason == DUPLICATE else gap.metric
+            for gap in self.gaps
+            if gap.key == key
+        )
+
+
+@dataclass(frozen=True)
+class _Vector:
+    """One instant query: the targets' values, the targets with more than one series, and
+    how many workload (labelled) and other (unlabelled) series came back."""
+
+    values: dict[str, float]
+    duplicates: set[str]
+    labelled: int
+    unlabelled: int
 
 
 class History(NamedTuple):
@@ -84,6 +105,7 @@ class PrometheusSource:
     def __init__(self, *, config: PrometheusConfig, targets: Iterable[str]) -> None:
         self.config = config
         self.targets = tuple(targets)
+        self._url = mask_url(config.url)
         self._last: requests.Response | None = None
         session = requests.Session()
         session.hooks["response"].append(self._remember)
@@ -112,8 +134,10 @@ class PrometheusSource:
         for column, (metric, promql) in enumerate(self.config.queries.in_order()):
             found = self._instant(metric, promql, now)
             for key in self.targets:
-                value = found.get(key)
-                if value is None:
+                value = found.values.get(key)
+                if key in found.duplicates:
+                    gaps.append(Gap(key=key, metric=metric, reason=DUPLICATE))
+                elif value is None:
                     gaps.append(Gap(key=key, metric=metric, reason="no series"))
                 elif not math.isfinite(value):
                     gaps.append(Gap(key=key, metric=metric, reason=_non_finite(value)))
@@ -148,7 +172,7 @@ class PrometheusSource:
 
         The first line is reachability; when Prometheus cannot be reached it is the only one.
         """
-        reachable = Check(name="prometheus", ok=True, detail=f"reachable at {self.config.url}")
+        reachable = Check(name="prometheus", ok=True, detail=f"reachable at {self._url}")
         checks: list[Check] = []
         for metric, promql in self.config.queries.in_order():
             try:
@@ -158,34 +182,48 @@ class PrometheusSource:
             except PrometheusBadResponse as err:
                 checks.append(Check(name=f"query {metric}", ok=False, detail=str(err)))
                 continue
-            missing = [key for key in self.targets if key not in found]
-            nan = [key for key in self.targets if key in found and not math.isfinite(found[key])]
-            detail = f"{len(found)} series"
+            values, dups = found.values, found.duplicates
+            missing = [key for key in self.targets if key not in values and key not in dups]
+            nan = [key for key in self.targets if key in values and not math.isfinite(values[key])]
+            detail = f"{found.labelled} series"
+            if found.unlabelled and not found.labelled:
+                detail = (
+                    f"{found.unlabelled} series, but they lack the workload labels "
+                    f"{self._label_names('/')}"
+                )
             if missing:
                 detail += "; no series for " + ", ".join(missing)
+            if dups:
+                detail += (
+                    f"; more than one series for {', '.join(sorted(dups))}: aggregate it by "
+                    f"the workload labels ({self._label_names()})"
+                )
             if nan:
                 detail += "; no value right now (NaN: no traffic?) for " + ", ".join(nan)
-            checks.append(Check(name=f"query {metric}", ok=not missing, detail=detail))
+            ok = not missing and not dups
+            checks.append(Check(name=f"query {metric}", ok=ok, detail=detail))
         return [reachable, *checks]
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _instant(self, metric: str, promql: str, now: float) -> dict[str, float]:
+    def _instant(self, metric: str, promql: str, now: float) -> _Vector:
+        """The targets' values; a target with more than one series is a duplicate, not a value."""
         params = {"time": f"{now:.3f}", "timeout": str(self.config.timeout_seconds)}
         result = self._call(
             f"query {metric}", "vector", lambda: self._client.custom_query(promql, params=params)
         )
-        found: dict[str, float] = {}
-        for series in result:
-            key = self._key(metric, series)
-            if key is None:
-                continue
-            if key in found:
-                raise PrometheusBadResponse(
-                    f"query {metric} returned more than one series for {key}: "
-                    f"aggregate it by the workload labels ({self._label_names()})"
-                )
-            found[key] = _number(metric, _pair(metric, series.get("value")))[1]
+        keys = [self._key(metric, series) for series in result]
+        counted = Counter(key for key in keys if key is not None)
+        wanted = set(self.targets)
+        found = _Vector(
+            values={},
+            duplicates={k for k, n in counted.items() if n > 1 and k in wanted},
+            labelled=len(counted),
+            unlabelled=keys.count(None),
+        )
+        for key, series in zip(keys, result, strict=True):
+            if key in wanted and key not in found.duplicates:
+                found.values[key] = _number(metric, _pair(metric, series.get("value")))[1]
         return found
 
     def _range(
@@ -201,11 +239,12 @@ class PrometheusSource:
             )
 
         result = self._call(f"query_range {metric}", "matrix", call)
+        keys = [self._key(metric, series) for series in result]
+        counted = Counter(keys)
         series_by_key: dict[str, dict[float, float]] = {}
-        for series in result:
-            key = self._key(metric, series)
-            if key is None:
-                continue
+        for key, series in zip(keys, result, strict=True):
+            if key not in self.targets or counted[key] > 1:
+                continue  # not a target, or ambiguous: a gap, as in `sample`
             points = series.get("values")
             if not isinstance(points, list):
                 raise PrometheusBadResponse(f"query_range {metric}: a series without 'values'")
@@ -217,7 +256,7 @@ class PrometheusSource:
     def _call(self, what: str, result_type: str, call: Callable[[], Any]) -> list[dict[str, Any]]:
         """Run one client call; turn every failure into one of our two errors."""
         self._last = None
-        where = f"Prometheus at {self.config.url}"
+        where = f"Prometheus at {self._url}"
         try:
             call()
         except requests.Timeout:
@@ -285,9 +324,9 @@ class PrometheusSource:
             return None  # not a workload series (e.g. Prometheus' own memory)
         return f"{namespace}/{deployment}"
 
-    def _label_names(self) -> str:
+    def _label_names(self, sep: str = ", ") -> str:
         names = self.config.workload_labels
-        return f"{names.namespace}, {names.deployment}"
+        return f"{names.namespace}{sep}{names.deployment}"
 
 
 def _pair(metric: str, point: Any) -> Sequence[Any]:

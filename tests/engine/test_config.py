@@ -326,6 +326,18 @@ def test_seed_leaves_room_for_the_second_half_of_the_forest() -> None:
     )
 
 
+def test_userinfo_in_the_prometheus_url_is_masked_in_the_startup_line() -> None:
+    raw = minimal(prometheus={"url": "https://admin:hunter2@prom.example:9090"})
+    config = parse_config(raw, env={})
+    assert config.prometheus.url == "https://admin:hunter2@prom.example:9090"  # used as is
+    assert config.describe()["prometheus"]["url"] == "https://***@prom.example:9090"
+    assert "hunter2" not in json.dumps(config.describe())
+    bad = error_of(minimal(prometheus={"url": "ftp://admin:hunter2@prom.example"}))
+    assert (
+        bad == "prometheus.url: expected an http:// or https:// URL, got 'ftp://***@prom.example'"
+    )
+
+
 def test_webhook_env_var_may_carry_the_aegisops_prefix() -> None:
     raw = minimal(slack={"webhook_env": "AEGISOPS_SLACK_URL"})
     config = parse_config(raw, env={"AEGISOPS_SLACK_URL": "https://hooks.slack.com/x"})

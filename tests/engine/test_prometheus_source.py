@@ -288,17 +288,6 @@ def test_one_instant_query_per_metric_whatever_the_number_of_targets(fake: Fake)
             PrometheusBadResponse,
             "query rps: sample value 'many' is not a number",
         ),
-        (
-            200,
-            vector(
-                ({"namespace": "ns", "deployment": "a", "pod": "1"}, "1"),
-                ({"namespace": "ns", "deployment": "a", "pod": "2"}, "2"),
-            ),
-            "application/json",
-            PrometheusBadResponse,
-            "query rps returned more than one series for ns/a: aggregate it by the "
-            "workload labels (namespace, deployment)",
-        ),
     ],
 )
 def test_bad_answers_are_clear_errors_and_not_retried(
@@ -312,6 +301,88 @@ def test_bad_answers_are_clear_errors_and_not_retried(
         source.sample(1700000000.0)
     assert str(info.value) == message.format(url=fake.url)
     assert len(fake.requests) == 1
+
+
+def test_duplicate_series_are_a_gap_for_that_target_and_ignored_for_others(fake: Fake) -> None:
+    twice = [
+        ({"namespace": "ns", "deployment": "a", "pod": "1"}, "1"),
+        ({"namespace": "ns", "deployment": "a", "pod": "2"}, "2"),
+        ({"namespace": "other", "deployment": "x", "pod": "1"}, "junk"),
+        ({"namespace": "other", "deployment": "x", "pod": "2"}, "junk"),
+    ]
+    fake.answer(200, vector(*twice))  # rps: ns/a twice, a non-target twice (and unreadable)
+    fake.answer(200, vector(({"namespace": "ns", "deployment": "a"}, "0.2"), *twice[2:]))
+    fake.answer(200, vector(({"namespace": "ns", "deployment": "b"}, "1e8"), *twice[2:]))
+    with PrometheusSource(config=prom_config(fake.url), targets=["ns/a", "ns/b"]) as source:
+        sample = source.sample(1700000000.0)
+    assert np.isnan(sample.values["ns/a"][0]) and sample.values["ns/a"][1] == 0.2
+    assert sample.values["ns/b"][2] == 1e8
+    assert Gap(key="ns/a", metric="rps", reason="duplicate series") in sample.gaps
+    assert sample.missing("ns/a") == ("rps (duplicate series)", "memory_bytes")
+
+
+def test_history_skips_a_targets_duplicate_series_and_other_workloads(fake: Fake) -> None:
+    def matrix(*series: tuple[dict[str, str], str]) -> dict[str, Any]:
+        result = [{"metric": m, "values": [[1700000000, v]]} for m, v in series]
+        return {"status": "success", "data": {"resultType": "matrix", "result": result}}
+
+    a1, a2 = (
+        {"namespace": "ns", "deployment": "a", "pod": "1"},
+        {"namespace": "ns", "deployment": "a", "pod": "2"},
+    )
+    other = {"namespace": "other", "deployment": "x"}
+    fake.answer(200, matrix((a1, "1"), (a2, "2"), (other, "junk"), (other, "junk")))
+    fake.answer(200, matrix((a1, "0.2")))
+    fake.answer(200, matrix((a1, "1e8")))
+    with PrometheusSource(config=prom_config(fake.url), targets=["ns/a"]) as source:
+        history = source.history(start=1700000000, end=1700000000, step=15)
+    assert history["ns/a"].timestamps.tolist() == [1700000000.0]
+    row = history["ns/a"].X[0]
+    assert np.isnan(row[0]) and row[1:].tolist() == [0.2, 1e8]
+
+
+def test_check_names_duplicates_and_series_without_workload_labels(fake: Fake) -> None:
+    fake.answer(200, vector(({"job": "app"}, "3"), ({"job": "app2"}, "4")))
+    fake.answer(
+        200,
+        vector(
+            ({"namespace": "ns", "deployment": "a", "pod": "1"}, "1"),
+            ({"namespace": "ns", "deployment": "a", "pod": "2"}, "2"),
+        ),
+    )
+    fake.answer(200, vector(({"namespace": "ns", "deployment": "a"}, "1e8")))
+    with PrometheusSource(config=prom_config(fake.url), targets=["ns/a"]) as source:
+        checks = source.check(now=1700000000.0)
+    assert checks[1:] == [
+        Check(
+            name="query rps",
+            ok=False,
+            detail="2 series, but they lack the workload labels namespace/deployment; "
+            "no series for ns/a",
+        ),
+        Check(
+            name="query p95_latency_seconds",
+            ok=False,
+            detail="1 series; more than one series for ns/a: aggregate it by the workload "
+            "labels (namespace, deployment)",
+        ),
+        Check(name="query memory_bytes", ok=True, detail="1 series"),
+    ]
+
+
+def test_userinfo_in_the_url_is_masked_in_errors() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    url = f"http://admin:hunter2@127.0.0.1:{port}"
+    with (
+        PrometheusSource(config=prom_config(url), targets=["ns/a"]) as source,
+        pytest.raises(PrometheusUnavailable) as info,
+    ):
+        source.sample(1700000000.0)
+    assert (
+        str(info.value) == f"query rps: cannot connect to Prometheus at http://***@127.0.0.1:{port}"
+    )
+    assert "hunter2" not in str(info.value)
 
 
 def test_a_hanging_prometheus_times_out_once(fake: Fake) -> None:
