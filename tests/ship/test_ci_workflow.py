@@ -178,3 +178,6 @@ def test_kind_job_pins_the_kube_prometheus_stack_chart(workflow: dict[Any, Any])
     assert re.fullmatch(r"\d+\.\d+\.\d+", str(job["env"]["KPS_CHART_VERSION"]))
     script = "\n".join(s.get("run", "") for s in job["steps"])
     assert '--version "$KPS_CHART_VERSION"' in script
+    # the README's kind steps install the same chart version
+    readme = (REPO / "README.md").read_text()
+    assert f"--version {job['env']['KPS_CHART_VERSION']} --namespace monitoring" in readme

@@ -30,7 +30,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[KubeAPIServer, Path]]:
 
 def kubectl(kubeconfig: Path, *args: str) -> dict[tuple[str, str], str]:
     """Run kubectl; return {(kind, name): created|unchanged|configured} from its output."""
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    # never the developer's own cluster config or ~/.kube cache
+    env = {"PATH": os.environ["PATH"], "HOME": str(kubeconfig.parent)}
     done = subprocess.run(
         ["kubectl", "--kubeconfig", str(kubeconfig), *args],
         capture_output=True,
@@ -101,6 +102,10 @@ def test_the_slack_secret_the_readme_creates_is_the_one_the_engine_reads(
             "--dry-run=client", "-o", "yaml",
         ],
         capture_output=True, text=True, timeout=60, check=True,
+        env={  # client-side only: never the developer's own KUBECONFIG or ~/.kube
+            "PATH": os.environ["PATH"], "HOME": str(tmp_path),
+            "KUBECONFIG": str(tmp_path / "no-such-kubeconfig"),
+        },
     ).stdout  # fmt: skip
     manifest = tmp_path / "secret.yaml"
     manifest.write_text(rendered)
@@ -112,3 +117,32 @@ def test_the_slack_secret_the_readme_creates_is_the_one_the_engine_reads(
     (ref,) = [e["valueFrom"]["secretKeyRef"] for e in env if e["name"] == "SLACK_WEBHOOK_URL"]
     assert secret["metadata"]["name"] == ref["name"]
     assert set(secret["data"]) == {ref["key"]}
+
+
+def _created(api: KubeAPIServer) -> list[tuple[str, str]]:
+    return [
+        (e.resource or "", e.body["metadata"]["name"])
+        for e in api.requests(verb="create", code=201)
+    ]
+
+
+def test_apply_order_what_the_readme_says_about_the_service_account(
+    cluster: tuple[KubeAPIServer, Path], tmp_path: Path
+) -> None:
+    """`apply -f kubernetes/` goes in file-name order, so the engine Deployment is created
+    before its ServiceAccount (rbac.yaml sorts last) and its first pod waits a moment
+    (FailedCreate, retried); `apply -k .` sorts by kind, ServiceAccount and RBAC first."""
+    api, kubeconfig = cluster
+    kubectl(kubeconfig, "apply", "-f", str(MANIFESTS))
+    by_file = _created(api)
+    assert by_file.index(("deployments", ENGINE)) < by_file.index(("serviceaccounts", ENGINE))
+
+    with KubeAPIServer(tls=True) as fresh:
+        kubectl(fresh.write_kubeconfig(tmp_path / "fresh"), "apply", "-k", str(REPO))
+        by_kind = _created(fresh)
+    assert by_kind[0] == ("namespaces", NAMESPACE)
+    deployment = by_kind.index(("deployments", ENGINE))
+    for needed in (("serviceaccounts", ENGINE), ("roles", ENGINE), ("rolebindings", ENGINE)):
+        assert by_kind.index(needed) < deployment, needed
+    readme = (REPO / "README.md").read_text()
+    assert "the engine's first pod may wait a few seconds for its ServiceAccount" in readme
