@@ -94,19 +94,20 @@ def field_matcher(text: str | None) -> Matcher:
 
 
 def selector_string(selector: dict[str, Any] | None) -> str:
-    """A LabelSelector as the string form Scale's status.selector carries."""
+    """A LabelSelector as the string form Scale's status.selector carries: requirements
+    sorted by key, as kube's labels.Selector prints them (`app=web,app.kubernetes.io/...`)."""
     if not selector:
         return ""
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    parts = [(k, f"{k}={v}") for k, v in (selector.get("matchLabels") or {}).items()]
     for expr in selector.get("matchExpressions") or []:
         key, op = expr.get("key", ""), expr.get("operator", "")
         values = ",".join(sorted(expr.get("values") or []))
         if op == "In":
-            parts.append(f"{key} in ({values})")
+            parts.append((key, f"{key} in ({values})"))
         elif op == "NotIn":
-            parts.append(f"{key} notin ({values})")
+            parts.append((key, f"{key} notin ({values})"))
         elif op == "Exists":
-            parts.append(key)
+            parts.append((key, key))
         elif op == "DoesNotExist":
-            parts.append(f"!{key}")
-    return ",".join(sorted(parts))
+            parts.append((key, f"!{key}"))
+    return ",".join(text for _, text in sorted(parts))

@@ -299,3 +299,29 @@ def test_access_review_without_rbac_allows(admin: k8s.ApiClient) -> None:
         }
     )
     assert review.status.allowed is True
+
+
+def test_scale_selector_is_sorted_by_key_like_kube(admin: k8s.ApiClient) -> None:
+    """kube prints a selector's requirements sorted by key, not by their text."""
+    apps = k8s.AppsV1Api(admin)
+    labels = {"app.kubernetes.io/name": "web", "app": "web"}
+    manifest = {
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {
+                "matchLabels": labels,
+                "matchExpressions": [
+                    {"key": "b", "operator": "DoesNotExist"},
+                    {"key": "c", "operator": "In", "values": ["y", "x"]},
+                ],
+            },
+            "template": {
+                "metadata": {"labels": {**labels, "c": "x"}},
+                "spec": {"containers": [{"name": "app", "image": "example/app:1.0"}]},
+            },
+        },
+    }
+    apps.create_namespaced_deployment(NS, manifest)
+    assert apps.read_namespaced_deployment_scale("web", NS).status.selector == (
+        "app=web,app.kubernetes.io/name=web,!b,c in (x,y)"
+    )
