@@ -1,12 +1,11 @@
 """The loop: one pass = query, score, decide, act, report; `run_forever` repeats it.
 
 Per target: a `WorkloadDetector` and a `PolicyState` here; what must survive a restart
-lives in the Deployment's annotations. Kubernetes is called in proportion to actions: the
-Deployment is read when a workload is first seen (a restarted engine knows its cooldown)
-and re-read, with its Scale and the HPAs, only when the policy wants to act. Acting writes
-the annotations first (resourceVersion precondition), then patches the scale: a crash in
-between errs on the side of not acting twice. Everything is caught and logged per pass
-and per workload; the loop never stops for a bad sample, query or API call.
+lives in the Deployment's annotations, read and written by `aegisops.act` (the Kubernetes
+side). Kubernetes is called in proportion to actions: the Deployment is read when a
+workload is first seen (a restarted engine knows its cooldown) and re-read, with its Scale
+and the HPAs, only when the policy wants to act. Everything is caught and logged per pass
+and per workload; the loop never stops for a bad sample, query, API call or Slack message.
 """
 
 from __future__ import annotations
@@ -15,46 +14,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aegisops import notify
+from aegisops.act import ACTIONS, Actor, Workload
 from aegisops.detector import METRICS, Observation, WorkloadDetector
-from aegisops.kube import Conflict, Forbidden, KubeError, NotFound
-from aegisops.policy import (
-    ANNOTATION_KEYS,
-    Decision,
-    Memory,
-    PolicyState,
-    decide,
-    memory_from_annotations,
-    memory_to_annotations,
-)
+from aegisops.policy import Decision, Memory, decide
 from aegisops.prometheus import PrometheusError, Sample
 
 if TYPE_CHECKING:
-    from aegisops.config import Config, Target
+    from aegisops.config import Config
     from aegisops.kube import KubeClient
     from aegisops.notify import SlackNotifier
     from aegisops.prometheus import PrometheusSource
     from aegisops.selfmetrics import SelfMetrics
 
 log = logging.getLogger("aegisops.loop")
-ACTIONS = ("scale_up", "scale_down")
-
-
-@dataclass
-class Workload:
-    """One target's live state in this process."""
-
-    target: Target
-    detector: WorkloadDetector
-    state: PolicyState = field(default_factory=PolicyState)
-    memory: Memory | None = None  # None: not read from the cluster yet (or stale)
-    replicas: int | None = None
-    last_t: float = float("-inf")
+__all__ = ["ACTIONS", "Engine", "PassResult", "Workload"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +76,7 @@ class Engine:
             t.key: Workload(target=t, detector=WorkloadDetector(params=config.detector))
             for t in config.targets
         }
+        self.actor = Actor(config=config, kube=kube, metrics=metrics, on_done=self._action_done)
 
     # -- start ---------------------------------------------------------------------------
 
@@ -189,7 +169,7 @@ class Engine:
         obs = w.detector.observe(t=now, x=x)
         w.last_t = now
         if w.memory is None:
-            self._remember(w)
+            self.actor.remember(w)
         replicas = w.replicas if w.replicas is not None else w.target.min_replicas
         decision = decide(
             state=w.state,
@@ -205,7 +185,7 @@ class Engine:
                 notify.anomaly_message, w, obs=obs, score=obs.score or 0.0, threshold=obs.threshold
             )
         if decision.action in ACTIONS:
-            decision = self._act(w, first=decision, state=w.state, obs=obs, now=now)
+            decision = self.actor.act(w, first=decision, state=w.state, obs=obs, now=now)
         if decision.resolved:
             since = w.state.incident_since
             self._notify(
@@ -218,135 +198,6 @@ class Engine:
         w.state = decision.state
         self._report(w, obs=obs, decision=decision, missing=sample.missing(key))
         return decision
-
-    def _remember(self, w: Workload) -> None:
-        """Read the Deployment's annotations (Memory) and replicas; failures are logged."""
-        ns, name = w.target.namespace, w.target.deployment
-        try:
-            deployment = self.kube.get_deployment(namespace=ns, name=name)
-        except KubeError as err:
-            log.error("cannot read the Deployment: %s", err, extra=_on(w.target.key))
-            self._count_error("kubernetes")
-            return
-        memory, problems = memory_from_annotations(deployment.annotations)
-        for problem in problems:
-            log.warning("annotation %s", problem, extra=_on(w.target.key))
-        w.memory, w.replicas = memory, deployment.replicas
-
-    # -- acting --------------------------------------------------------------------------
-
-    def _act(
-        self, w: Workload, *, first: Decision, state: PolicyState, obs: Observation, now: float
-    ) -> Decision:
-        """Re-read the cluster, decide again on fresh facts (from the same prior state), apply."""
-        t, ns, name = w.target, w.target.namespace, w.target.deployment
-        try:
-            hpa_managed = name in self.kube.hpa_targets(namespace=ns)
-            deployment = self.kube.get_deployment(namespace=ns, name=name)
-            scale = self.kube.get_scale(namespace=ns, name=name)
-        except KubeError as err:
-            log.error("not acting, cannot read the cluster: %s", err, extra=_on(t.key))
-            self._count_error("kubernetes")
-            w.memory = None
-            return _not_applied(first, why="cannot read the cluster")
-        memory, _ = memory_from_annotations(deployment.annotations)
-        w.memory, w.replicas = memory, scale.replicas
-        decision = decide(
-            state=state,
-            observation=obs,
-            now=now,
-            replicas=scale.replicas,
-            memory=memory,
-            limits=t.limits,
-            params=self.config.policy,
-            hpa_managed=hpa_managed,
-        )
-        if decision.action not in ACTIONS:
-            return decision
-        if self.config.dry_run:
-            w.memory = decision.memory  # the cooldown holds in this process
-            self._action_done(w, obs=obs, decision=decision, result="dry_run")
-            return decision
-        result = self._apply(
-            w, decision=decision, before=memory, resource_version=deployment.resource_version
-        )
-        if result != "applied":
-            return _not_applied(decision, why=result)
-        self._action_done(w, obs=obs, decision=decision, result=result)
-        return decision
-
-    def _apply(
-        self, w: Workload, *, decision: Decision, before: Memory, resource_version: str
-    ) -> str:
-        """Annotations (with the precondition), then the scale. Returns the result label.
-
-        If the scale PATCH fails after the annotations were written, they are put back
-        (best effort, again with a precondition) so the next pass may try again.
-        """
-        ns, name = w.target.namespace, w.target.deployment
-        written = None
-        try:
-            written = self.kube.patch_annotations(
-                namespace=ns,
-                name=name,
-                annotations=_annotations(decision.memory),
-                resource_version=resource_version,
-            )
-            w.memory = decision.memory
-            self.kube.patch_scale(namespace=ns, name=name, replicas=decision.replicas_after)
-        except KubeError as err:
-            result = RESULTS.get(type(err), "error")
-            self._failed(w, decision=decision, result=result, err=err)
-            if written is not None:
-                self._undo(w, before=before, resource_version=written.resource_version)
-            elif result == "conflict":
-                w.memory = None  # someone else wrote: re-read before the next decision
-            return result
-        w.replicas = decision.replicas_after
-        return "applied"
-
-    def _undo(self, w: Workload, *, before: Memory, resource_version: str) -> None:
-        ns, name, key = w.target.namespace, w.target.deployment, w.target.key
-        try:
-            self.kube.patch_annotations(
-                namespace=ns,
-                name=name,
-                annotations=_annotations(before),
-                resource_version=resource_version,
-            )
-        except KubeError as err:
-            log.error("could not put the annotations back: %s", err, extra=_on(key))
-            return
-        w.memory = before
-        log.warning("annotations put back; the next pass may try again", extra=_on(key))
-
-    def _failed(self, w: Workload, *, decision: Decision, result: str, err: KubeError) -> None:
-        log.error(
-            "%s %d->%d failed (%s): %s",
-            decision.action,
-            decision.replicas_before,
-            decision.replicas_after,
-            result,
-            err,
-            extra=_on(w.target.key, action=decision.action, result=result),
-        )
-        self._count_action(w, action=decision.action, result=result)
-
-    def _action_done(
-        self, w: Workload, *, obs: Observation, decision: Decision, result: str
-    ) -> None:
-        self._count_action(w, action=decision.action, result=result)
-        self._notify(
-            notify.action_message,
-            w,
-            obs=obs,
-            action=decision.action,
-            replicas_before=decision.replicas_before,
-            replicas_after=decision.replicas_after,
-            reason=decision.reason,
-            score=obs.score,
-            threshold=obs.threshold,
-        )
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -398,9 +249,18 @@ class Engine:
         except Exception as err:  # the type only: an error may carry the webhook URL
             log.error("Slack notification failed (%s)", type(err).__name__, extra=_on(w.target.key))
 
-    def _count_action(self, w: Workload, *, action: str, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.action(w.target.key, action=action, result=result)
+    def _action_done(self, w: Workload, obs: Observation, decision: Decision) -> None:
+        self._notify(
+            notify.action_message,
+            w,
+            obs=obs,
+            action=decision.action,
+            replicas_before=decision.replicas_before,
+            replicas_after=decision.replicas_after,
+            reason=decision.reason,
+            score=obs.score,
+            threshold=obs.threshold,
+        )
 
     def _count_error(self, stage: str) -> None:
         if self.metrics is not None:
@@ -417,33 +277,9 @@ class Engine:
             stop.wait(max(0.0, self.config.poll_interval_seconds - (time.monotonic() - began)))
 
 
-def _annotations(memory: Memory) -> dict[str, str | None]:
-    """The merge patch for `memory`: our keys it does not set are removed (null)."""
-    annotations: dict[str, str | None] = dict.fromkeys(ANNOTATION_KEYS)
-    annotations.update(memory_to_annotations(memory))
-    return annotations
-
-
 def _on(key: str, **fields: Any) -> dict[str, Any]:
     """`extra=` for a log record about one workload (text shows it, json gets the fields)."""
     return {"workload": key, **fields}
-
-
-def _not_applied(decision: Decision, *, why: str) -> Decision:
-    """The decision as it stands when the action could not be applied: nothing changed."""
-    return replace(
-        decision,
-        action="none",
-        replicas_after=decision.replicas_before,
-        reason=f"{decision.reason}; NOT applied ({why})",
-    )
-
-
-RESULTS: dict[type[KubeError], str] = {
-    Conflict: "conflict",
-    Forbidden: "forbidden",
-    NotFound: "not_found",
-}
 
 
 def _seen(obs: Observation) -> str:
