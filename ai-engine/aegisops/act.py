@@ -64,6 +64,7 @@ class Actor:
         self.kube = kube
         self.metrics = metrics
         self.on_done = on_done
+        self.errors = 0  # failed Kubernetes calls; the loop reads and resets it per pass
 
     def remember(self, w: Workload) -> None:
         """Read the Deployment's annotations (Memory) and replicas; failures are logged."""
@@ -72,7 +73,7 @@ class Actor:
             deployment = self.kube.get_deployment(namespace=ns, name=name)
         except KubeError as err:
             log.error("cannot read the Deployment: %s", err, extra=_on(w.target.key))
-            self._count_error("kubernetes")
+            self._kube_error()
             return
         memory, problems = memory_from_annotations(deployment.annotations)
         for problem in problems:
@@ -90,7 +91,7 @@ class Actor:
             scale = self.kube.get_scale(namespace=ns, name=name)
         except KubeError as err:
             log.error("not acting, cannot read the cluster: %s", err, extra=_on(t.key))
-            self._count_error("kubernetes")
+            self._kube_error()
             w.memory = None
             return _not_applied(first, why="cannot read the cluster")
         memory, _ = memory_from_annotations(deployment.annotations)
@@ -160,6 +161,7 @@ class Actor:
             )
         except KubeError as err:
             log.error("could not put the annotations back: %s", err, extra=_on(key))
+            self._kube_error()
             return
         w.memory = before
         log.warning("annotations put back; the next pass may try again", extra=_on(key))
@@ -175,6 +177,7 @@ class Actor:
             extra=_on(w.target.key, action=decision.action, result=result),
         )
         self._count_action(w, action=decision.action, result=result)
+        self._kube_error()
 
     def _action_done(
         self, w: Workload, *, obs: Observation, decision: Decision, result: str
@@ -186,9 +189,11 @@ class Actor:
         if self.metrics is not None:
             self.metrics.action(w.target.key, action=action, result=result)
 
-    def _count_error(self, stage: str) -> None:
+    def _kube_error(self) -> None:
+        """A Kubernetes call failed: counted in the pass's errors and the metric."""
+        self.errors += 1
         if self.metrics is not None:
-            self.metrics.pass_error(stage=stage)
+            self.metrics.pass_error(stage="kubernetes")
 
 
 def _annotations(memory: Memory) -> dict[str, str | None]:

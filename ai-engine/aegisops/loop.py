@@ -128,6 +128,7 @@ class Engine:
         self.passes += 1
         started = time.monotonic()
         anomalies = actions = errors = 0
+        self.actor.errors = 0
         try:
             sample: Sample | None = self.source.sample(now)
         except PrometheusError as err:
@@ -152,7 +153,7 @@ class Engine:
             workloads=len(self.workloads),
             anomalies=anomalies,
             actions=actions,
-            errors=errors,
+            errors=errors + self.actor.errors,  # with every failed Kubernetes call
             seconds=time.monotonic() - started,
         )
         log.info("%s", result)

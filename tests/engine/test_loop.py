@@ -357,7 +357,7 @@ def test_a_failing_workload_is_logged_and_the_pass_goes_on(
     caplog.set_level(logging.INFO)
     r = rig(kube=FakeKube(fail={"get_deployment": KubeUnavailable("get deployments: 503")}))
     [first, second] = r.passes(2, start=T0 + 1)
-    assert first.errors == 0 and second.errors == 0  # logged, then retried next pass
+    assert first.errors == 1 and second.errors == 0  # logged and counted, then retried
     assert "cannot read the Deployment: get deployments: 503" in caplog.text
     assert r.kube.names() == ["get_deployment", "get_deployment"]
     r.kube.fail["get_deployment"] = RuntimeError("boom")
@@ -480,3 +480,23 @@ def test_untrainable_history_is_logged_and_the_workload_learns_live(
     for i in range(BASELINE + 2):
         assert engine.run_pass(T0 + 1 + i).errors == 0
     assert "score " in decisions(caplog)[-1]
+
+
+@pytest.mark.parametrize(
+    ("fail", "errors"),
+    [
+        ({"hpa_targets": KubeUnavailable("list horizontalpodautoscalers: 503")}, 1),
+        ({"patch_annotations": Conflict("patch deployments shop/web: 409 Conflict")}, 1),
+        ({"patch_scale": KubeUnavailable("patch deployments/scale: 503")}, 1),
+    ],
+)
+def test_kubernetes_failures_count_as_pass_errors(
+    fail: dict[str, Exception], errors: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig(kube=FakeKube(fail=dict(fail)))
+    r.source.surge_from = T0
+    results = r.passes(3, start=T0 + 1)
+    assert [p.errors for p in results] == [0, 0, errors]  # --once exits 1 on such a pass
+    assert re.search(rf"pass 3: 1 workloads, 1 anomalies, 0 actions, {errors} errors", caplog.text)
+    assert metric(r, "aegisops_pass_errors_total", {"stage": "kubernetes"}) == errors
