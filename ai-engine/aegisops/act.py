@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegisops.loop")
 ACTIONS = ("scale_up", "scale_down")
+UNDO_ATTEMPTS = 3
 
 
 @dataclass
@@ -143,28 +144,76 @@ class Actor:
             result = RESULTS.get(type(err), "error")
             self._failed(w, decision=decision, result=result, err=err)
             if written is not None:
-                self._undo(w, before=before, resource_version=written.resource_version)
+                self._undo(w, decision=decision, before=before, version=written.resource_version)
             elif result == "conflict":
                 w.memory = None  # someone else wrote: re-read before the next decision
             return result
         w.replicas = decision.replicas_after
         return "applied"
 
-    def _undo(self, w: Workload, *, before: Memory, resource_version: str) -> None:
+    def _undo(self, w: Workload, *, decision: Decision, before: Memory, version: str) -> None:
+        """Put the annotations back after a failed scale PATCH, so no cooldown is claimed for
+        an action that did not happen. On a 409 (the Deployment moved meanwhile, e.g. its
+        status), re-read: while our record is still there and the Scale still shows the old
+        replicas, undo again with the fresh resourceVersion, at most UNDO_ATTEMPTS times."""
+        ns, name, key = w.target.namespace, w.target.deployment, w.target.key
+        for _ in range(UNDO_ATTEMPTS):
+            try:
+                self.kube.patch_annotations(
+                    namespace=ns,
+                    name=name,
+                    annotations=_annotations(before),
+                    resource_version=version,
+                )
+            except Conflict:
+                fresh = self._still_ours(w, decision=decision)
+                if fresh is None:
+                    return
+                version = fresh
+                continue
+            except KubeError as err:
+                log.error("could not put the annotations back: %s", err, extra=_on(key))
+                self._kube_error()
+                return
+            w.memory = before
+            log.warning("annotations put back; the next pass may try again", extra=_on(key))
+            return
+        log.error(
+            "could not put the annotations back: %d conflicts in a row; the recorded cooldown "
+            "stays although nothing was scaled",
+            UNDO_ATTEMPTS,
+            extra=_on(key),
+        )
+        self._kube_error()
+
+    def _still_ours(self, w: Workload, *, decision: Decision) -> str | None:
+        """After a 409 on the undo: the fresh resourceVersion if the undo should be retried
+        (our record still there, the Scale still at the old replicas), else None (logged)."""
         ns, name, key = w.target.namespace, w.target.deployment, w.target.key
         try:
-            self.kube.patch_annotations(
-                namespace=ns,
-                name=name,
-                annotations=_annotations(before),
-                resource_version=resource_version,
-            )
+            deployment = self.kube.get_deployment(namespace=ns, name=name)
+            scale = self.kube.get_scale(namespace=ns, name=name)
         except KubeError as err:
-            log.error("could not put the annotations back: %s", err, extra=_on(key))
+            log.error("could not put the annotations back, cannot re-read: %s", err, extra=_on(key))
             self._kube_error()
-            return
-        w.memory = before
-        log.warning("annotations put back; the next pass may try again", extra=_on(key))
+            return None
+        ours = {k: deployment.annotations.get(k) for k in ANNOTATION_KEYS}
+        w.memory, w.replicas = memory_from_annotations(deployment.annotations)[0], scale.replicas
+        if ours != _annotations(decision.memory):
+            log.warning(
+                "annotations changed by someone else since our record; leaving them", extra=_on(key)
+            )
+            return None
+        if scale.replicas != decision.replicas_before:
+            log.warning(
+                "replicas are %d now (not %d): the scale took effect after all, keeping the record",
+                scale.replicas,
+                decision.replicas_before,
+                extra=_on(key),
+            )
+            return None
+        log.info("annotations changed version meanwhile; putting them back again", extra=_on(key))
+        return deployment.resource_version
 
     def _failed(self, w: Workload, *, decision: Decision, result: str, err: KubeError) -> None:
         log.error(

@@ -500,3 +500,63 @@ def test_kubernetes_failures_count_as_pass_errors(
     assert [p.errors for p in results] == [0, 0, errors]  # --once exits 1 on such a pass
     assert re.search(rf"pass 3: 1 workloads, 1 anomalies, 0 actions, {errors} errors", caplog.text)
     assert metric(r, "aegisops_pass_errors_total", {"stage": "kubernetes"}) == errors
+
+
+class MovingKube(FakeKube):
+    """The scale PATCH fails while the Deployment's resourceVersion moves (a status update)."""
+
+    scale_takes_effect: bool = False
+
+    def patch_scale(self, *, namespace: str, name: str, replicas: int) -> ScaleInfo:
+        if self.names().count("patch_scale") == 0:
+            self.calls.append(("patch_scale", replicas))
+            self.rv += 1
+            if self.scale_takes_effect:
+                self.replicas = replicas
+            raise KubeUnavailable("patch deployments/scale: 503")
+        return super().patch_scale(namespace=namespace, name=name, replicas=replicas)
+
+
+def test_a_409_on_the_undo_is_retried_with_the_fresh_version(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig(kube=MovingKube())
+    r.source.surge_from = T0
+    results = r.passes(4, start=T0 + 1)
+    assert r.kube.names()[1:] == [
+        "hpa_targets",
+        "get_deployment",
+        "get_scale",
+        "patch_annotations",  # T0+3: record the action
+        "patch_scale",  # ... fails while the version moves
+        "patch_annotations",  # undo: 409, stale version
+        "get_deployment",  # re-read: our record, still 1 replica
+        "get_scale",
+        "patch_annotations",  # undo again with the fresh version
+        "hpa_targets",  # T0+4: no cooldown was kept, so it tries again
+        "get_deployment",
+        "get_scale",
+        "patch_annotations",
+        "patch_scale",
+    ]
+    assert [p.actions for p in results] == [0, 0, 0, 1]
+    assert r.kube.replicas == 2 and r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
+    assert "annotations changed version meanwhile; putting them back again" in caplog.text
+    assert "annotations put back; the next pass may try again" in caplog.text
+
+
+def test_when_the_failed_scale_took_effect_after_all_the_record_stays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    kube = MovingKube()
+    kube.scale_takes_effect = True
+    r = rig(kube=kube)
+    r.source.surge_from = T0
+    r.passes(5, start=T0 + 1)
+    assert r.kube.names().count("patch_annotations") == 2  # record, one undo attempt (409)
+    assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
+    assert r.kube.replicas == 2
+    assert "replicas are 2 now (not 1): the scale took effect after all" in caplog.text
+    assert "cooldown until" in decisions(caplog)[-1]
