@@ -47,6 +47,8 @@ class Workload:
     memory: Memory | None = None  # None: not read from the cluster yet (or stale)
     replicas: int | None = None
     last_t: float = float("-inf")
+    hpa_managed: bool = False  # as of the last `act` (an HPA was found targeting it)
+    read_at: float = float("-inf")  # when memory/replicas were last read from the cluster
 
 
 class Actor:
@@ -67,7 +69,7 @@ class Actor:
         self.on_done = on_done
         self.errors = 0  # failed Kubernetes calls; the loop reads and resets it per pass
 
-    def remember(self, w: Workload) -> None:
+    def remember(self, w: Workload, *, now: float) -> None:
         """Read the Deployment's annotations (Memory) and replicas; failures are logged."""
         ns, name = w.target.namespace, w.target.deployment
         try:
@@ -79,12 +81,15 @@ class Actor:
         memory, problems = memory_from_annotations(deployment.annotations)
         for problem in problems:
             log.warning("annotation %s", problem, extra=_on(w.target.key))
-        w.memory, w.replicas = memory, deployment.replicas
+        w.memory, w.replicas, w.read_at = memory, deployment.replicas, now
 
     def act(
         self, w: Workload, *, first: Decision, state: PolicyState, obs: Observation, now: float
     ) -> Decision:
-        """Re-read the cluster, decide again on fresh facts (from the same prior state), apply."""
+        """Re-read the cluster, decide again on fresh facts (from the same prior state), apply.
+
+        `first` is the decision on cached facts: an action, or a re-read the loop asked for.
+        """
         t, ns, name = w.target, w.target.namespace, w.target.deployment
         try:
             hpa_managed = name in self.kube.hpa_targets(namespace=ns)
@@ -94,9 +99,12 @@ class Actor:
             log.error("not acting, cannot read the cluster: %s", err, extra=_on(t.key))
             self._kube_error()
             w.memory = None
+            if first.action not in ACTIONS:
+                return first
             return _not_applied(first, why="cannot read the cluster")
         memory, _ = memory_from_annotations(deployment.annotations)
-        w.memory, w.replicas = memory, scale.replicas
+        w.memory, w.replicas, w.read_at = memory, scale.replicas, now
+        w.hpa_managed = hpa_managed
         decision = decide(
             state=state,
             observation=obs,

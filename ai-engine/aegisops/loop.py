@@ -22,7 +22,7 @@ import numpy as np
 from aegisops import notify
 from aegisops.act import ACTIONS, Actor, Workload
 from aegisops.detector import METRICS, Observation, WorkloadDetector
-from aegisops.policy import Decision, Memory, decide
+from aegisops.policy import Decision, Memory, counts, decide, is_load_shaped
 from aegisops.prometheus import PrometheusError, Sample
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ class Engine:
             t.key: Workload(target=t, detector=WorkloadDetector(params=config.detector))
             for t in config.targets
         }
+        # cached cluster facts are re-read at most this often while they hold an action back
+        self.reread_seconds = max(config.policy.cooldown_seconds / 10, config.poll_interval_seconds)
         self.actor = Actor(config=config, kube=kube, metrics=metrics, on_done=self._action_done)
 
     # -- start ---------------------------------------------------------------------------
@@ -165,27 +167,21 @@ class Engine:
     def _workload_pass(self, w: Workload, *, sample: Sample, now: float) -> Decision | None:
         key = w.target.key
         if now <= w.last_t:
+            log.debug(
+                "skipped: already learned up to %.0f (now %.0f)", w.last_t, now, extra=_on(key)
+            )
             return None  # already learned from history up to here
         x = sample.values.get(key, np.full(len(METRICS), np.nan))
         obs = w.detector.observe(t=now, x=x)
         w.last_t = now
         if w.memory is None:
-            self.actor.remember(w)
-        replicas = w.replicas if w.replicas is not None else w.target.min_replicas
-        decision = decide(
-            state=w.state,
-            observation=obs,
-            now=now,
-            replicas=replicas,
-            memory=w.memory or Memory(),
-            limits=w.target.limits,
-            params=self.config.policy,
-        )
+            self.actor.remember(w, now=now)
+        decision = self._decide(w, obs=obs, now=now, hpa_managed=w.hpa_managed)
         if decision.confirmed:
             self._notify(
                 notify.anomaly_message, w, obs=obs, score=obs.score or 0.0, threshold=obs.threshold
             )
-        if decision.action in ACTIONS:
+        if decision.action in ACTIONS or self._worth_rereading(w, obs=obs, first=decision, now=now):
             decision = self.actor.act(w, first=decision, state=w.state, obs=obs, now=now)
         if decision.resolved:
             since = w.state.incident_since
@@ -199,6 +195,37 @@ class Engine:
         w.state = decision.state
         self._report(w, obs=obs, decision=decision, missing=sample.missing(key))
         return decision
+
+    def _decide(self, w: Workload, *, obs: Observation, now: float, hpa_managed: bool) -> Decision:
+        """The policy on what this process knows of the cluster (no API call)."""
+        return decide(
+            state=w.state,
+            observation=obs,
+            now=now,
+            replicas=w.replicas if w.replicas is not None else w.target.min_replicas,
+            memory=w.memory or Memory(),
+            limits=w.target.limits,
+            params=self.config.policy,
+            hpa_managed=hpa_managed,
+        )
+
+    def _worth_rereading(
+        self, w: Workload, *, obs: Observation, first: Decision, now: float
+    ) -> bool:
+        """Whether the cached cluster facts (cooldown, replicas, HPA) may be all that holds an
+        action back, so the cluster is re-read (by `act`) though the policy did not ask to act.
+
+        An operator may end a cooldown early or scale down by hand. Rate-limited to once per
+        `reread_seconds` per workload, so API calls follow incidents, not passes.
+        """
+        if now - w.read_at < self.reread_seconds:
+            return False
+        params = self.config.policy
+        if first.anomaly and counts(obs, params) and is_load_shaped(obs, params):
+            return True  # an open, load-shaped incident that is not being acted on
+        if not w.hpa_managed:
+            return False
+        return self._decide(w, obs=obs, now=now, hpa_managed=False).action in ACTIONS
 
     # -- reporting -----------------------------------------------------------------------
 

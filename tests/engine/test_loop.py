@@ -560,3 +560,74 @@ def test_when_the_failed_scale_took_effect_after_all_the_record_stays(
     assert r.kube.replicas == 2
     assert "replicas are 2 now (not 1): the scale took effect after all" in caplog.text
     assert "cooldown until" in decisions(caplog)[-1]
+
+
+def test_an_operator_ending_the_cooldown_early_is_noticed_within_a_tenth_of_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    remembered = {
+        ORIGINAL_REPLICAS: "1",
+        LAST_ACTION: "scale_up 1->2",
+        "aegisops.dev/last-action-at": format_time(T0 - 60),
+        COOLDOWN_UNTIL: format_time(T0 + 240),
+    }
+    r = rig(kube=FakeKube(annotations=dict(remembered), replicas=2))
+    r.source.surge_from = T0
+    r.passes(5, start=T0 + 1)
+    # kubectl annotate deploy/web aegisops.dev/cooldown-until-
+    del r.kube.annotations[COOLDOWN_UNTIL]
+    results = r.passes(35, start=T0 + 6)
+    # read at T0+1; re-read (cooldown_seconds / 10 = 30 s) at T0+31: scale at once
+    assert [p.actions for p in results].index(1) == 25
+    assert sum(p.actions for p in results) == 1
+    assert r.kube.replicas == 3
+    assert r.kube.names() == [
+        "get_deployment",
+        "hpa_targets",
+        "get_deployment",
+        "get_scale",
+        "patch_annotations",
+        "patch_scale",
+    ]
+
+
+def test_an_operator_scaling_down_below_max_is_noticed() -> None:
+    r = rig(kube=FakeKube(replicas=4))  # at max_replicas (4): alert only
+    r.source.surge_from = T0
+    r.passes(5, start=T0 + 1)
+    r.kube.replicas = 2  # kubectl scale --replicas=2
+    results = r.passes(30, start=T0 + 6)
+    assert sum(p.actions for p in results) == 1
+    assert r.kube.replicas == 3
+
+
+def test_a_persistent_anomaly_on_an_hpa_managed_deployment_makes_few_calls() -> None:
+    r = rig(kube=FakeKube(hpas={"web"}))
+    r.source.surge_from = T0
+    results = r.passes(20, start=T0 + 1)
+    assert sum(p.actions for p in results) == 0
+    # read when first seen; the first proposal re-reads and learns about the HPA; then quiet
+    assert r.kube.names() == ["get_deployment", "hpa_targets", "get_deployment", "get_scale"]
+    r.passes(30, start=T0 + 21)  # the HPA is re-checked every 30 s (cooldown_seconds / 10)
+    assert len(r.kube.names()) == 4 + 3
+
+
+@pytest.mark.parametrize("hpas", [set(), {"web"}])
+def test_the_quiet_path_makes_no_calls_with_scale_down_enabled(hpas: set[str]) -> None:
+    old = {ORIGINAL_REPLICAS: "1", COOLDOWN_UNTIL: format_time(T0 - 3600)}
+    kube = FakeKube(annotations=old, replicas=3, hpas=hpas)
+    config = make_config(
+        policy={"consecutive_anomalies": 3, "cooldown_seconds": 300, "scale_down_after_seconds": 0}
+    )
+    r = rig(kube=kube, config=config)
+    results = r.passes(30, start=T0 + 1)
+    if hpas:  # the first restore proposal learns about the HPA; then nothing
+        assert sum(p.actions for p in results) == 0
+        assert r.kube.names() == ["get_deployment", "hpa_targets", "get_deployment", "get_scale"]
+    else:  # scaled back once; then nothing
+        assert sum(p.actions for p in results) == 1 and r.kube.replicas == 1
+        assert len(r.kube.names()) == 6
+    calls = len(r.kube.names())
+    r.passes(25, start=T0 + 31)
+    assert len(r.kube.names()) == calls + (3 if hpas else 0)  # hpa re-checked once (30 s)
