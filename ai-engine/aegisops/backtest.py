@@ -83,7 +83,8 @@ def run_backtest(
     """Replay detector + policy over a CSV file or a directory tree of CSV files.
 
     Parameters come from `config` (detector, policy, the first target's limits),
-    overridden by the explicit arguments, else the defaults. Raises BacktestError.
+    overridden by the explicit arguments, else the defaults. The output never replaces
+    the input (nor lands inside an input directory). Raises BacktestError.
     """
     if replicas < 0:
         raise BacktestError(f"--replicas must be >= 0, got {replicas}")
@@ -96,6 +97,9 @@ def run_backtest(
     )
     source, target = Path(input_path), Path(output_path)
     pairs = list(_pairs(source, target))
+    for src, dst in pairs:
+        if dst.resolve() == src.resolve():
+            raise BacktestError(f"{dst}: the output would overwrite the input; choose another path")
     summaries = [_replay_file(src, dst, setup=setup) for src, dst in pairs]
     return BacktestSummary(
         files=len(summaries),
@@ -117,6 +121,11 @@ def _pairs(source: Path, target: Path) -> Iterator[tuple[Path, Path]]:
         raise BacktestError(f"{source}: no such file or directory")
     if target.exists() and not target.is_dir():
         raise BacktestError(f"{target}: the input is a directory, so the output must be one")
+    if target.resolve().is_relative_to(source.resolve()):
+        raise BacktestError(
+            f"{target}: the output directory is inside the input directory {source} "
+            "(its CSV files would be read back as input); choose another path"
+        )
     files = sorted(p for p in source.rglob("*.csv") if p.is_file())
     if not files:
         raise BacktestError(f"{source}: no .csv files in this directory")
@@ -224,6 +233,9 @@ def read_trace(path: Path) -> Trace:
 
 def _timestamps(cells: Sequence[str], *, lines: Sequence[int], path: Path) -> np.ndarray:
     """ISO 8601 or Unix seconds (one kind per file) -> strictly increasing Unix seconds."""
+    for cell, line in zip(cells, lines, strict=True):
+        if not cell.strip():
+            raise BacktestError(f"{path}, row {line}: empty timestamp")
     numeric = _is_number(cells[0])
     out = np.empty(len(cells))
     for k, (cell, line) in enumerate(zip(cells, lines, strict=True)):

@@ -31,6 +31,7 @@ from aegisops.kube import KubeClient, KubeError
 from aegisops.logs import setup_logging
 from aegisops.loop import Engine
 from aegisops.notify import SlackNotifier
+from aegisops.policy import Limits
 from aegisops.prometheus import PrometheusSource
 from aegisops.selfmetrics import HealthServer, SelfMetrics, stale_after
 
@@ -77,7 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--input", required=True, metavar="CSV|DIR")
     backtest.add_argument("--output", required=True, metavar="CSV|DIR")
-    backtest.add_argument("--config", metavar="FILE", help="detector/policy settings")
+    backtest.add_argument(
+        "--config",
+        metavar="FILE",
+        help="detector and policy settings; targets are optional (without them the default "
+        "limits: min_replicas 1, max_replicas 5, scale_step 1); only AEGISOPS_DETECTOR_* and "
+        "AEGISOPS_POLICY_* overrides apply",
+    )
+    backtest.add_argument(
+        "--target",
+        metavar="NS/NAME",
+        help="whose limits to use when the config lists several targets (default: the first)",
+    )
     backtest.add_argument("--replicas", type=int, default=1, help="starting replicas (1)")
     return parser
 
@@ -340,12 +352,28 @@ def cmd_backtest(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
     config = None
     if args.config:
         try:
-            config = load_config(Path(args.config), env=env)
+            config = load_config(Path(args.config), env=env, backtest=True)
         except ConfigError as err:
             return fail(f"invalid config {args.config}: {err}")
+    targets = config.targets if config is not None else ()
+    chosen = [t for t in targets if t.key == args.target] if args.target else list(targets[:1])
+    if args.target and not chosen:
+        listed = ", ".join(t.key for t in targets) or "none"
+        return fail(f"backtest: --target {args.target} is not in the config (targets: {listed})")
+    limits = chosen[0].limits if chosen else Limits()
+    if len(targets) > 1 and not args.target:
+        print(
+            f"backtest: the config has {len(targets)} targets; using the limits of "
+            f"{chosen[0].key} (--target NS/NAME to choose)",
+            file=sys.stderr,
+        )
     try:
         summary = run_backtest(
-            input_path=args.input, output_path=args.output, config=config, replicas=args.replicas
+            input_path=args.input,
+            output_path=args.output,
+            config=config,
+            replicas=args.replicas,
+            limits=limits,
         )
     except BacktestError as err:
         return fail(f"backtest: {err}")

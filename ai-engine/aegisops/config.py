@@ -38,6 +38,7 @@ ENV_PREFIX = "AEGISOPS_"
 # Read by the CLI (the config file path itself), not a config key.
 ENV_NOT_KEYS = frozenset({"AEGISOPS_CONFIG"})
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+BACKTEST_ENV_PREFIXES = ("AEGISOPS_DETECTOR_", "AEGISOPS_POLICY_")
 
 
 class Secret:
@@ -271,9 +272,13 @@ _K8S_NAME = {
 # --- loading -------------------------------------------------------------------------
 
 
-def load_config(path: str | Path, *, env: Mapping[str, str]) -> Config:
-    """Read the YAML file at `path`, apply `AEGISOPS_*` overrides from `env`, validate."""
-    return parse_config(read_yaml(Path(path)), env=env)
+def load_config(path: str | Path, *, env: Mapping[str, str], backtest: bool = False) -> Config:
+    """Read the YAML file at `path`, apply `AEGISOPS_*` overrides from `env`, validate.
+
+    `backtest`: only the detector and policy matter; `targets` may be absent, only the
+    `AEGISOPS_DETECTOR_*` / `AEGISOPS_POLICY_*` overrides apply and the webhook is not read.
+    """
+    return parse_config(read_yaml(Path(path)), env=env, backtest=backtest)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -298,11 +303,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_config(raw: Mapping[str, Any], *, env: Mapping[str, str]) -> Config:
+def parse_config(
+    raw: Mapping[str, Any], *, env: Mapping[str, str], backtest: bool = False
+) -> Config:
     """Validate already-parsed YAML data (plus env overrides) into a `Config`."""
+    if backtest:
+        env = {k: v for k, v in env.items() if k.startswith(BACKTEST_ENV_PREFIXES)}
     merged = _apply_env(raw, env)
     values = check_section(merged, SCHEMA, "", extra=frozenset({"targets"}))
-    targets = _targets(merged.get("targets"))
+    targets = _targets(merged.get("targets"), required=not backtest)
     _check_url(values["prometheus"]["url"], key="prometheus.url")
     detector = values["detector"]
     if detector["max_training_samples"] < detector["baseline_samples"]:
@@ -318,7 +327,8 @@ def parse_config(raw: Mapping[str, Any], *, env: Mapping[str, str]) -> Config:
             f"or null, got {adapt}",
             key="detector.adapt_after_samples",
         )
-    return _build(values, targets, webhook=_webhook(values["slack"]["webhook_env"], env))
+    webhook = None if backtest else _webhook(values["slack"]["webhook_env"], env)
+    return _build(values, targets, webhook=webhook)
 
 
 def _build(
@@ -382,7 +392,9 @@ def _apply_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]
 # --- validation ----------------------------------------------------------------------
 
 
-def _targets(raw: Any) -> tuple[Target, ...]:
+def _targets(raw: Any, *, required: bool = True) -> tuple[Target, ...]:
+    if (raw is None or raw == []) and not required:
+        return ()
     if raw is None or raw == []:
         raise ConfigError("at least one target (namespace, deployment) is required", key="targets")
     if not isinstance(raw, list):

@@ -186,6 +186,8 @@ BAD_INPUTS = [
     ("timestamp,rps\n1,2\n2024-01-01T00:00:00Z,2\n", "row 3: .*mixed timestamp formats"),
     ("timestamp,rps\nyesterday,2\n", "row 2: timestamp 'yesterday' is neither ISO 8601 nor Unix"),
     ("timestamp,rps\n1,2\n2,2,3\n", "row 3: 3 cells, the header has 2"),
+    ("timestamp,rps\n1,2\n,2\n", "in.csv, row 3: empty timestamp$"),
+    ("timestamp,rps\n ,2\n2,2\n", "in.csv, row 2: empty timestamp$"),
 ]
 
 
@@ -212,3 +214,18 @@ def test_missing_input_and_empty_directory_are_clear(tmp_path: Path) -> None:
     source = write_csv(tmp_path / "in.csv", HEADER, trace_rows(20))
     with pytest.raises(BacktestError, match=r"a-file/out\.csv: cannot write the output"):
         run_backtest(input_path=source, output_path=tmp_path / "a-file" / "out.csv")
+
+
+def test_the_output_never_overwrites_the_input(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "a.csv", HEADER, trace_rows(20))
+    before = source.read_text()
+    with pytest.raises(BacktestError, match=r"a\.csv: the output would overwrite the input"):
+        run_backtest(input_path=source, output_path=source)
+    with pytest.raises(BacktestError, match="the output would overwrite the input"):
+        run_backtest(input_path=source, output_path=tmp_path)  # tmp_path/a.csv again
+    write_csv(tmp_path / "in" / "b.csv", HEADER, trace_rows(20))
+    for inside in (tmp_path / "in", tmp_path / "in" / "out"):
+        with pytest.raises(BacktestError, match="the output directory is inside the input"):
+            run_backtest(input_path=tmp_path / "in", output_path=inside)
+    assert source.read_text() == before
+    assert sorted(p.name for p in (tmp_path / "in").rglob("*")) == ["b.csv"]

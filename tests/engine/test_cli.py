@@ -279,3 +279,42 @@ def test_the_invalid_config_fallback_reads_host_and_a_valid_port(tmp_path: Path)
     wide = write_config(tmp_path / "wide.yaml", server={"port": 70000})
     assert fallback_server(wide, {}) == ("0.0.0.0", 0)
     assert fallback_server(wide, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == ("0.0.0.0", 8080)
+
+
+def test_backtest_takes_a_config_without_targets_and_ignores_unrelated_env(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("timestamp,value\n" + "".join(f"{i},{1 + i % 3}\n" for i in range(30)))
+    config = tmp_path / "bt.yaml"
+    config.write_text(yaml.safe_dump({"detector": {"baseline_samples": 10}, "policy": {}}))
+    env = {"SLACK_WEBHOOK_URL": "https://hooks..slack.com/x", "AEGISOPS_SERVER_PORT": "x"}
+    argv = ["backtest", "--input", str(trace), "--output", str(tmp_path / "o.csv")]
+    assert main([*argv, "--config", str(config)], env=env) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.startswith("backtest: 1 file(s), 30 rows, ")
+    bad_seed = {"AEGISOPS_DETECTOR_SEED": "abc"}  # detector/policy overrides still apply
+    assert main([*argv, "--config", str(config)], env=bad_seed) == 2
+    assert "detector.seed: expected an integer in AEGISOPS_DETECTOR_SEED" in capsys.readouterr().err
+
+
+def test_backtest_says_whose_limits_it_uses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("timestamp,value\n" + "".join(f"{i},1\n" for i in range(20)))
+    two = [{"namespace": "a", "deployment": "x"}, {"namespace": "b", "deployment": "y"}]
+    config = tmp_path / "bt.yaml"
+    config.write_text(yaml.safe_dump({"targets": two}))
+    argv = ["backtest", "--input", str(trace), "--output", str(tmp_path / "o.csv")]
+    assert main([*argv, "--config", str(config)], env={}) == 0
+    assert capsys.readouterr().err == (
+        "backtest: the config has 2 targets; using the limits of a/x (--target NS/NAME to choose)\n"
+    )
+    assert main([*argv, "--config", str(config), "--target", "b/y"], env={}) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*argv, "--config", str(config), "--target", "c/z"], env={}) == 2
+    assert capsys.readouterr().err == (
+        "aegisops: backtest: --target c/z is not in the config (targets: a/x, b/y)\n"
+    )
