@@ -28,7 +28,7 @@ from aegisops import __version__
 from aegisops.backtest import BacktestError, run_backtest
 from aegisops.config import Config, ConfigError, load_config
 from aegisops.kube import KubeClient, KubeError
-from aegisops.logs import setup_logging
+from aegisops.logs import setup_logging, utc_timestamp
 from aegisops.loop import Engine
 from aegisops.notify import SlackNotifier
 from aegisops.policy import Limits
@@ -111,8 +111,13 @@ def config_path(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
     return Path(args.config or env.get("AEGISOPS_CONFIG") or DEFAULT_CONFIG)
 
 
-def fail(message: str, *, code: int = EXIT_USAGE) -> int:
-    print(f"aegisops: {message}", file=sys.stderr)
+def fail(message: str, *, code: int = EXIT_USAGE, as_json: bool = False) -> int:
+    """One line on stderr (a JSON log record when JSON logs were asked for); the exit code."""
+    if as_json:
+        record = {"ts": utc_timestamp(time.time()), "level": "ERROR", "logger": "aegisops"}
+        print(json.dumps({**record, "msg": message}), file=sys.stderr)
+    else:
+        print(f"aegisops: {message}", file=sys.stderr)
     return code
 
 
@@ -122,7 +127,9 @@ def fail(message: str, *, code: int = EXIT_USAGE) -> int:
 def cmd_run(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
     path = config_path(args, env)
     early = env.get("AEGISOPS_LOG_FORMAT", "text")
-    setup_logging(format=args.log_format or (early if early in ("text", "json") else "text"))
+    early_format = args.log_format or (early if early in ("text", "json") else "text")
+    setup_logging(format=early_format)
+    as_json = early_format == "json"
     stop = threading.Event()
     _on_signals(stop)
     try:
@@ -130,13 +137,13 @@ def cmd_run(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
     except ConfigError as err:
         host, port = fallback_server(path, env) if not args.once else ("", 0)
         if port <= 0:
-            return fail(f"invalid config {path}: {err}")
+            return fail(f"invalid config {path}: {err}", as_json=as_json)
         try:
             config_or_none = wait_for_valid_config(
                 path, env=env, host=host, port=port, stop=stop, first=err
             )
         except (OSError, OverflowError) as bind_error:
-            return fail(f"invalid config {path}: {err} (and {bind_error})")
+            return fail(f"invalid config {path}: {err} (and {bind_error})", as_json=as_json)
         if config_or_none is None:
             return EXIT_OK
         config = config_or_none

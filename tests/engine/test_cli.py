@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -318,3 +319,13 @@ def test_backtest_says_whose_limits_it_uses(
     assert capsys.readouterr().err == (
         "aegisops: backtest: --target c/z is not in the config (targets: a/x, b/y)\n"
     )
+
+
+def test_with_json_logs_a_bad_config_is_one_json_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "config.yaml", dry_run="maybe")
+    done = run("run", "--log-format", "json", "--config", str(path))
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR"
+    assert record["msg"] == (f"invalid config {path}: dry_run: expected true or false, got 'maybe'")
