@@ -30,13 +30,19 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from sandbox.procs import Replica, ReplicaFailed, atomic_write, start_replica, stop_process
+from sandbox.procs import (
+    Managed,
+    Replica,
+    ReplicaFailed,
+    atomic_write,
+    start_replica,
+    stop_process,
+)
 
 log = logging.getLogger("sandbox.cluster")
 
@@ -98,7 +104,7 @@ class _Workload:
     failures: int = 0
 
 
-class Kubelet:
+class Kubelet(Managed):
     """Watches Deployments and keeps `spec.replicas` sample-app processes running for each."""
 
     def __init__(
@@ -160,21 +166,6 @@ class Kubelet:
         for key in keys:
             self._scale_down(key, to=0)
         self._tmp.cleanup()
-
-    def __enter__(self) -> Kubelet:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- what tests and the world read --------------------------------------------------
 

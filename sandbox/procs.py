@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import requests
 
@@ -25,6 +25,33 @@ T = TypeVar("T")
 
 class WaitTimeout(TimeoutError):
     """A condition polled by `wait_until` did not hold before the deadline."""
+
+
+class Managed:
+    """start()/close() plus a with-block that cleans up after a failed start too.
+
+    Subclasses define `start()` (returning self) and `stop()`; `close()` is `stop()`
+    unless it has more to release (temp dirs).
+    """
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def spawn(

@@ -19,13 +19,20 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import requests
 import yaml
 
-from sandbox.procs import WaitTimeout, atomic_write, spawn, stop_process, tail, wait_until
+from sandbox.procs import (
+    Managed,
+    WaitTimeout,
+    atomic_write,
+    spawn,
+    stop_process,
+    tail,
+    wait_until,
+)
 
 LISTENING = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)')
 INSTALL_HINT = (
@@ -66,7 +73,7 @@ def ensure_installed() -> None:
         raise PrometheusError(f"installed the prometheus package but {what} is still missing")
 
 
-class PrometheusServer:
+class PrometheusServer(Managed):
     """One Prometheus process with its own temp dir, config and file_sd target files."""
 
     def __init__(
@@ -145,21 +152,6 @@ class PrometheusServer:
     def close(self) -> None:
         self.stop()
         self._tmp.cleanup()
-
-    def __enter__(self) -> PrometheusServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _listening_port(self) -> int | None:
         assert self.proc is not None

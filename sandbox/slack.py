@@ -24,9 +24,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
+
+from sandbox.procs import Managed
 
 WEBHOOK_PATH = "/services/T000/B000/XXXX"
 ERROR_BODIES = {
@@ -136,7 +137,7 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class SlackReceiver:
+class SlackReceiver(Managed):
     """Threaded HTTP server on 127.0.0.1 that records webhook POSTs and plays scripted answers."""
 
     def __init__(
@@ -168,17 +169,6 @@ class SlackReceiver:
             self._thread.join(timeout=5)
             self._thread = None
         self._server.server_close()
-
-    def __enter__(self) -> SlackReceiver:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def script(self, status: int, *, times: int = 1, retry_after: int | None = None) -> None:
         """Answer the next `times` valid POSTs with `status` and Slack's body for it."""

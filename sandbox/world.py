@@ -30,7 +30,6 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
@@ -41,7 +40,7 @@ from sampleapp.loadstats import LoadStats
 from sampleapp.profiles import Profile
 from sandbox.cluster import Kubelet
 from sandbox.kubeapi import KubeAPIServer
-from sandbox.procs import wait_until
+from sandbox.procs import Managed, wait_until
 from sandbox.prometheus import PrometheusServer
 from sandbox.slack import SlackReceiver
 
@@ -91,7 +90,7 @@ def app_deployment(*, spec: AppSpec) -> dict[str, Any]:
     }
 
 
-class World:
+class World(Managed):
     """Emulator + Prometheus + process-backed aegisops-app + Slack receiver (+ load)."""
 
     def __init__(
@@ -160,21 +159,6 @@ class World:
 
     def stop(self) -> None:
         self._stack.close()
-
-    def __enter__(self) -> World:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _seed_objects(self) -> None:
         """Seeded straight into the store: the request log starts with the kubelet's calls."""
