@@ -242,16 +242,21 @@ def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
     assert metric(r, "aegisops_anomaly", {"namespace": "shop", "deployment": "web"}) == 1
 
 
-def test_a_restarted_engine_reads_the_cooldown_and_does_not_act(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO)
-    remembered = {
+def acted_a_minute_ago() -> dict[str, str]:
+    """The annotations an engine leaves after scaling 1 -> 2 at T0 - 60 (cooldown 300 s)."""
+    return {
         ORIGINAL_REPLICAS: "1",
         LAST_ACTION: "scale_up 1->2",
         "aegisops.dev/last-action-at": format_time(T0 - 60),
         COOLDOWN_UNTIL: format_time(T0 + 240),
     }
+
+
+def test_a_restarted_engine_reads_the_cooldown_and_does_not_act(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    remembered = acted_a_minute_ago()
     r = rig(kube=FakeKube(annotations=dict(remembered), replicas=2))
     r.source.surge_from = T0
     results = r.passes(8, start=T0 + 1)
@@ -566,12 +571,7 @@ def test_an_operator_ending_the_cooldown_early_is_noticed_within_a_tenth_of_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    remembered = {
-        ORIGINAL_REPLICAS: "1",
-        LAST_ACTION: "scale_up 1->2",
-        "aegisops.dev/last-action-at": format_time(T0 - 60),
-        COOLDOWN_UNTIL: format_time(T0 + 240),
-    }
+    remembered = acted_a_minute_ago()
     r = rig(kube=FakeKube(annotations=dict(remembered), replicas=2))
     r.source.surge_from = T0
     r.passes(5, start=T0 + 1)
