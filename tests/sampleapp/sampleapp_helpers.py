@@ -9,31 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from sandbox.procs import pid_alive, wait_until
+
 DEADLINE_SECONDS = 10.0
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], *, what: str, deadline: float = DEADLINE_SECONDS) -> T:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-
-
-def pid_gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists()
 
 
 @dataclass
@@ -81,7 +67,7 @@ class Running:
         self.proc.send_signal(signal.SIGTERM)
         _, err = self.proc.communicate(timeout=10)
         assert self.proc.returncode == 0, err
-        assert pid_gone(self.proc.pid)
+        assert not pid_alive(self.proc.pid)
         return err
 
 
@@ -106,7 +92,9 @@ def running_app(tmp_path: Path, *args: str) -> Iterator[Running]:
                 raise AssertionError(f"sample app exited {proc.returncode}: {proc.stderr.read()}")
             return port_file.read_text() if port_file.exists() else ""
 
-        port = wait_for(port_written, what="the sample app's port file")
+        port = wait_until(
+            port_written, timeout=DEADLINE_SECONDS, message="the sample app's port file"
+        )
         yield Running(proc=proc, port=int(port))
     finally:
         if proc.poll() is None:

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from sampleapp_helpers import Running, pid_gone, running_app, wait_for
+from sampleapp_helpers import DEADLINE_SECONDS, Running, running_app
 
 from sampleapp.cliutil import write_atomically
 from sampleapp.loadgen import LoadGenerator, LoadSettings
 from sampleapp.profiles import Steady, Surge
 from sampleapp.targets import TargetError, check_target
+from sandbox.procs import pid_alive, wait_until
 
 OK = ("http_requests_total", (("code", "200"), ("method", "GET"), ("path", "/")))
 FINAL = re.compile(
@@ -122,7 +123,9 @@ def test_cli_sigterm_stops_promptly_with_a_final_summary(tmp_path: Path) -> None
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().startswith("loadgen start ")
-            wait_for(lambda: served(app) >= 3, what="some requests served")
+            wait_until(
+                lambda: served(app) >= 3, timeout=DEADLINE_SECONDS, message="some requests served"
+            )
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=10)
         finally:
@@ -130,7 +133,7 @@ def test_cli_sigterm_stops_promptly_with_a_final_summary(tmp_path: Path) -> None
                 proc.kill()
                 proc.communicate(timeout=10)
         assert proc.returncode == 0, err
-        assert pid_gone(proc.pid)
+        assert not pid_alive(proc.pid)
         final = out.splitlines()[-1]
         ok = int(re.search(r" ok=(\d+) ", final)[1])  # type: ignore[index]
         assert final.startswith("loadgen done ") and " in_flight=0 " in final
@@ -204,9 +207,17 @@ def test_targets_file_is_re_read_and_profile_switch_restarts_time(tmp_path: Path
             gen.set_profile(Surge(rps=20, at_seconds=0.0, multiplier=2.0))
             stats = gen.stats()
             assert (stats.profile, stats.rate_rps, stats.targets) == ("surge", 40.0, 1)
-            wait_for(lambda: served(a) >= 3, what="traffic on the first replica")
+            wait_until(
+                lambda: served(a) >= 3,
+                timeout=DEADLINE_SECONDS,
+                message="traffic on the first replica",
+            )
             write_atomically(targets, f"{b.url}\n")
-            wait_for(lambda: served(b) >= 3, what="traffic to move to the second replica")
+            wait_until(
+                lambda: served(b) >= 3,
+                timeout=DEADLINE_SECONDS,
+                message="traffic to move to the second replica",
+            )
         finally:
             final = gen.stop()
         assert final.errors == final.timeouts == final.in_flight == 0
@@ -223,7 +234,11 @@ def test_no_target_and_max_requests_bound_the_run(tmp_path: Path) -> None:
         targets_file=missing,
     )
     with gen, running_app(tmp_path, "--service-time", "0.001") as app:
-        wait_for(lambda: gen.stats().no_target >= 3, what="arrivals with no target")
+        wait_until(
+            lambda: gen.stats().no_target >= 3,
+            timeout=DEADLINE_SECONDS,
+            message="arrivals with no target",
+        )
         gen.set_targets([app.url])
         assert gen.wait(timeout=10)
         final = gen.stop()

@@ -14,9 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from sampleapp_helpers import app_command, pid_gone, running_app, wait_for
+from sampleapp_helpers import DEADLINE_SECONDS, app_command, running_app
 
 from sampleapp.metrics import LATENCY_BUCKETS
+from sandbox.procs import pid_alive, wait_until
 
 REQ = "http_requests_total"
 BUCKET = "http_request_latency_seconds_bucket"
@@ -131,9 +132,10 @@ def test_leak_set_at_start_grows_rss(tmp_path: Path) -> None:
         tmp_path, "--leak-bytes-per-second", str(200 * 2**20), "--enable-faults"
     ) as app:
         first = app.sample("process_resident_memory_bytes")
-        wait_for(
+        wait_until(
             lambda: app.sample("process_resident_memory_bytes") >= first + 60 * 2**20,
-            what="RSS to grow by 60 MiB",
+            timeout=DEADLINE_SECONDS,
+            message="RSS to grow by 60 MiB",
         )
         app.set_faults(leak_bytes_per_second=0)
         app.stop()
@@ -220,13 +222,19 @@ def test_console_script_env_config_and_sigint(tmp_path: Path) -> None:
     env = {**os.environ, "APP_PORT": "0", "APP_PORT_FILE": str(port_file), "APP_WORKERS": "3"}
     proc = subprocess.Popen([str(script)], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        port = int(wait_for(lambda: port_file.exists() and port_file.read_text(), what="port"))
+        port = int(
+            wait_until(
+                lambda: port_file.exists() and port_file.read_text(),
+                timeout=DEADLINE_SECONDS,
+                message="port",
+            )
+        )
         assert proc.stderr is not None
         line = proc.stderr.readline()
         assert f"listening on http://127.0.0.1:{port} (workers=3 " in line
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
-        assert pid_gone(proc.pid)
+        assert not pid_alive(proc.pid)
         assert not list(tmp_path.glob(".port.*.tmp"))
     finally:
         if proc.poll() is None:
