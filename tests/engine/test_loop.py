@@ -204,14 +204,7 @@ def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
     r.source.surge_from = T0 + 6
     results = r.passes(10, start=T0 + 6)
     assert [p.actions for p in results] == [0, 0, 1] + [0] * 7
-    assert r.kube.names() == [
-        "get_deployment",
-        "hpa_targets",
-        "get_deployment",
-        "get_scale",
-        "patch_annotations",
-        "patch_scale",
-    ]
+    assert r.kube.names() == ["get_deployment", *ACTING]
     notes = r.kube.calls[4][1]
     assert notes == {
         ORIGINAL_REPLICAS: "1",
@@ -241,6 +234,9 @@ def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
     assert metric(r, "aegisops_replicas", {"namespace": "shop", "deployment": "web"}) == 2
     assert metric(r, "aegisops_anomaly", {"namespace": "shop", "deployment": "web"}) == 1
 
+
+ACTING = ["hpa_targets", "get_deployment", "get_scale", "patch_annotations", "patch_scale"]
+"""The calls one action costs, in order: HPA check, fresh Deployment and Scale, record, scale."""
 
 def acted_a_minute_ago() -> dict[str, str]:
     """The annotations an engine leaves after scaling 1 -> 2 at T0 - 60 (cooldown 300 s)."""
@@ -582,14 +578,7 @@ def test_an_operator_ending_the_cooldown_early_is_noticed_within_a_tenth_of_it(
     assert [p.actions for p in results].index(1) == 25
     assert sum(p.actions for p in results) == 1
     assert r.kube.replicas == 3
-    assert r.kube.names() == [
-        "get_deployment",
-        "hpa_targets",
-        "get_deployment",
-        "get_scale",
-        "patch_annotations",
-        "patch_scale",
-    ]
+    assert r.kube.names() == ["get_deployment", *ACTING]
 
 
 def test_an_operator_scaling_down_below_max_is_noticed() -> None:
