@@ -238,6 +238,7 @@ def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
 ACTING = ["hpa_targets", "get_deployment", "get_scale", "patch_annotations", "patch_scale"]
 """The calls one action costs, in order: HPA check, fresh Deployment and Scale, record, scale."""
 
+
 def acted_a_minute_ago() -> dict[str, str]:
     """The annotations an engine leaves after scaling 1 -> 2 at T0 - 60 (cooldown 300 s)."""
     return {
