@@ -27,6 +27,8 @@ T0 = 1_800_000_000.0
 BASELINE = 40
 NORMAL = (10.0, 0.05, 25e6)
 SURGE = (40.0, 0.6, 25e6)
+ACTING = ["hpa_targets", "get_deployment", "get_scale", "patch_annotations", "patch_scale"]
+"""The calls one action costs, in order: HPA check, fresh Deployment and Scale, record, scale."""
 
 
 def make_config(**overrides: Any) -> Config:
@@ -233,10 +235,6 @@ def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
     assert metric(r, "aegisops_actions_total", labels) == 1
     assert metric(r, "aegisops_replicas", {"namespace": "shop", "deployment": "web"}) == 2
     assert metric(r, "aegisops_anomaly", {"namespace": "shop", "deployment": "web"}) == 1
-
-
-ACTING = ["hpa_targets", "get_deployment", "get_scale", "patch_annotations", "patch_scale"]
-"""The calls one action costs, in order: HPA check, fresh Deployment and Scale, record, scale."""
 
 
 def acted_a_minute_ago() -> dict[str, str]:
