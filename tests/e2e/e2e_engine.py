@@ -57,9 +57,6 @@ def engine_config(world: World, *, prometheus_url: str | None = None) -> dict[st
             "max_samples": 64,
             "seed": 7,
             "threshold_quantile": 0.995,
-            # A 60-sample baseline gives a tight robust sigma: name a metric as deviating
-            # (and so a load-shaped anomaly as scalable) only well outside it.
-            "deviation_z": 5,
             "retrain_every_samples": 1000,
             "max_training_samples": 1000,
         },
