@@ -63,7 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PERMANENT = frozenset({400, 403, 404, 410})
 BACKOFF_SECONDS = 1.0  # first wait when Slack gives no Retry-After; doubles each retry
 MIN_WAIT_SECONDS = 0.1  # the outbox never retries faster, even with max_retry_wait_seconds 0
 RESULT_SENT, RESULT_FAILED, RESULT_DISABLED = "sent", "failed", "disabled"
