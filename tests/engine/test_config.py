@@ -123,7 +123,7 @@ def test_every_scalar_key_has_its_own_env_name() -> None:
         "workload_labels",
         "namespace",
     )
-    assert len(set(keys.values())) == len(keys) == 39
+    assert len(set(keys.values())) == len(keys) == 40
 
 
 @pytest.mark.parametrize(
