@@ -18,13 +18,9 @@ Host, port and port-file are always the kubelet's, and replicas run with `--enab
 starts. Scale-down stops the newest replicas first (SIGTERM, wait, SIGKILL); a replica
 that dies is replaced on the next resync.
 
-Capacity: `capacity=n` (or `set_capacity(n)`) allows at most n sample-app processes
-across every managed Deployment. Desired replicas beyond it stay Pending: counted in
-`status.replicas`/`updatedReplicas` (and `unavailableReplicas`), never started, never
-ready, never a Prometheus target. They start (Deployments in list order) once capacity
-grows. Shrinking capacity evicts nothing: running replicas keep running. The status,
-conditions included, is what the real deployment controller would write
-(sandbox.deploystatus).
+Capacity (`capacity=n`, `set_capacity(n)`): at most n processes across the cluster;
+replicas over it stay Pending (in status.replicas, never started or ready) until it
+grows; shrinking it evicts nothing. Status as kube writes it: sandbox.deploystatus.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from sandbox.cluster import ARGS_ANNOTATION, Kubelet, app_settings
-from sandbox.deploystatus import replicaset_name
+from sandbox.deploystatus import deployment_status, replicaset_name
 from sandbox.kubeapi import ADMIN_USER, KubeAPIServer
 from sandbox.procs import cmdline, pid_alive, wait_until
 from sandbox.world import AppSpec, app_deployment
@@ -372,3 +372,34 @@ def test_capacity_keeps_replicas_pending_until_it_grows(
 def test_capacity_must_be_a_whole_number(api_client: k8s.ApiClient) -> None:
     with pytest.raises(ValueError, match=r"^capacity must be None or a whole number >= 0, got -1$"):
         Kubelet(api_client=api_client, capacity=-1)
+
+
+def _progressing(status: dict[str, Any]) -> tuple[str, str, str]:
+    [found] = [c for c in status["conditions"] if c["type"] == "Progressing"]
+    return found["status"], found["reason"], found["lastUpdateTime"]
+
+
+def test_progress_deadline_and_max_unavailable_like_kubernetes() -> None:
+    deployment = app_deployment(spec=AppSpec(replicas=4))
+    deployment["metadata"]["generation"] = 1
+    deployment["spec"]["progressDeadlineSeconds"] = 60
+    first = deployment_status(deployment=deployment, ready=2, now=NOW)
+    assert _progressing(first) == ("True", "ReplicaSetUpdated", STAMP)
+    deployment["status"] = first
+    # one more ready 30 s later: progress moves lastUpdateTime, not lastTransitionTime
+    later = deployment_status(deployment=deployment, ready=3, now=NOW + timedelta(seconds=30))
+    assert _progressing(later) == ("True", "ReplicaSetUpdated", "2026-11-26T12:00:30Z")
+    [moved] = [c for c in later["conditions"] if c["type"] == "Progressing"]
+    assert moved["lastTransitionTime"] == STAMP
+    # 3 of 4 with maxUnavailable 25% (1): available; within the deadline: unchanged
+    assert later["conditions"][0]["reason"] == "MinimumReplicasAvailable"
+    deployment["status"] = later
+    stalled = deployment_status(deployment=deployment, ready=3, now=NOW + timedelta(seconds=90))
+    assert stalled == later
+    # 61 s after the last progress: ProgressDeadlineExceeded, as kubectl rollout status reports
+    gone = deployment_status(deployment=deployment, ready=3, now=NOW + timedelta(seconds=91))
+    assert _progressing(gone) == ("False", "ProgressDeadlineExceeded", "2026-11-26T12:01:31Z")
+    # Recreate has no maxUnavailable: 3 of 4 is not available
+    deployment["spec"]["strategy"] = {"type": "Recreate"}
+    recreate = deployment_status(deployment=deployment, ready=3, now=NOW)
+    assert recreate["conditions"][0]["reason"] == "MinimumReplicasUnavailable"
