@@ -86,6 +86,7 @@ def test_three_consecutive_anomalies_confirm_and_scale_up_once() -> None:
     )
     assert third.memory == Memory(
         original_replicas=1,
+        replicas_set=2,
         last_action="scale_up 1->2",
         last_action_at=T0 + 45,
         cooldown_until=T0 + 45 + 300,
@@ -182,7 +183,10 @@ def test_scale_up_is_bounded_by_max_and_lifted_to_min() -> None:
 
 @pytest.mark.parametrize(
     ("deviations", "why"),
-    [(LEAK, "not load-shaped, scaling cannot fix it"), (DROP, "not load-shaped")],
+    [
+        (LEAK, "memory_bytes 3e+08 vs baseline 1e+08 (up) without more load: a memory leak"),
+        (DROP, "rps 4 vs baseline 40 (down): a traffic drop, scaling cannot fix it"),
+    ],
 )
 def test_memory_only_and_traffic_drops_only_alert(
     deviations: tuple[Deviation, ...], why: str
@@ -190,7 +194,8 @@ def test_memory_only_and_traffic_drops_only_alert(
     w = Workload()
     decisions = w.feed(lambda t: anomaly(t, deviations), 10)
     assert [d.action for d in decisions] == ["none", "none", "alert"] + ["none"] * 7
-    assert why in decisions[2].reason
+    assert decisions[2].reason.startswith(why)
+    assert decisions[2].alert == "no_scale"
     assert all(d.replicas_after == 1 for d in decisions)
 
 
@@ -211,7 +216,7 @@ def test_incident_resolves_after_as_many_normal_samples() -> None:
     assert again.confirmed  # a new incident, notified again
 
 
-def test_scale_down_restores_original_replicas_after_calm_when_enabled() -> None:
+def test_scale_down_restores_original_replicas_after_calm_unless_disabled() -> None:
     params = replace(PARAMS, scale_down_after_seconds=600)
     w = Workload(params=params)
     w.feed(anomaly, 3)
@@ -221,8 +226,8 @@ def test_scale_down_restores_original_replicas_after_calm_when_enabled() -> None
     assert (downs[0].replicas_before, downs[0].replicas_after) == (2, 1)
     assert downs[0].memory.original_replicas is None
     assert downs[0].memory.last_action == "scale_down 2->1"
-    # disabled by default: the same story never scales down
-    default = Workload()
+    # disabled with None: the same story never scales down
+    default = Workload(params=replace(PARAMS, scale_down_after_seconds=None))
     default.feed(anomaly, 3)
     assert {d.action for d in default.feed(normal, 60)} == {"none"}
 
