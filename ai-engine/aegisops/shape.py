@@ -58,13 +58,14 @@ def classify(obs: Observation, params: Materiality) -> Shape:
     """The shape of the anomaly in `obs`, over its material deviations.
 
     `surge`: rps materially up, or p95 materially up while rps is at least half that
-    margin up. `traffic_drop`: rps materially down. `slow_dependency`: p95 up at normal
-    traffic. `memory_leak`: memory up without a load signal. Anything else: `other`.
+    margin up (rps reported as deviating up: a rise within its noise is normal traffic).
+    `traffic_drop`: rps materially down. `slow_dependency`: p95 up at normal traffic.
+    `memory_leak`: memory up without a load signal. Anything else: `other`.
     """
     moved = {(d.metric, d.direction) for d in material(obs, params)}
     if (RPS, "up") in moved:
         return "surge"
-    if (P95, "up") in moved and _rps_rise(obs) >= params.min_relative_change / 2:
+    if (P95, "up") in moved and _rps_rise(obs) >= params.min_relative_change / 2 > 0:
         return "surge"
     if (RPS, "down") in moved:
         return "traffic_drop"
@@ -95,14 +96,12 @@ def describe(obs: Observation) -> str:
 
 
 def _rps_rise(obs: Observation) -> float:
-    """rps relative to its baseline (0.1: 10% up); 0 when unknown."""
-    value, baseline = obs.values.get(RPS, math.nan), _baseline(obs, RPS)
+    """How far rps is up relative to its baseline (0.1: 10% up), counting only a reported
+    deviation (unusual for this workload): traffic within its noise is normal traffic."""
     for d in obs.deviations:
-        if d.metric == RPS:
-            value, baseline = d.value, d.baseline
-    if not (math.isfinite(value) and math.isfinite(baseline)) or baseline <= 0:
-        return 0.0
-    return (value - baseline) / baseline
+        if d.metric == RPS and d.direction == "up" and d.baseline > 0:
+            return (d.value - d.baseline) / d.baseline
+    return 0.0
 
 
 def _baseline(obs: Observation, metric: str) -> float:
