@@ -30,11 +30,11 @@ Action = Literal[
 AlertKind = Literal["no_scale", "not_helping", "not_ready", "hands_off", "at_max", "hpa", "paused"]
 
 
-# -- the rules, in order (docs/safety.md, "Pure policy") --------------------------------
-
-
 @dataclass(frozen=True, kw_only=True)
 class Facts:
+    """What one decision knows: the observation, the cluster as last read, the state
+    after the streaks moved, and the observation's shape (None when it does not count)."""
+
     observation: Observation
     now: float
     replicas: int
@@ -65,6 +65,8 @@ class Facts:
 
 @dataclass(frozen=True, kw_only=True)
 class Out:
+    """What a rule decided: the action, the record and state to carry, the alert kind."""
+
     action: Action
     replicas_after: int
     reason: str
@@ -75,16 +77,21 @@ class Out:
 
 
 def weigh(f: Facts, *, confirmed: bool, acting: bool) -> Out:
+    """The first rule that applies decides (numbered as in docs/detector.md, "Policy").
+
+    `acting`: an anomalous sample of an open incident. An empty reason lets the caller
+    say what was seen.
+    """
     if f.paused:  # 1
         why = status_reason(f.observation, f.state, f.params, resolved=False)
         return _hold(f, f"{why}; paused ({PAUSED}), no action", confirmed, "paused")
     released = _hands_off(f)  # 2
     if released is not None:
         return released
-    f, verdict = _verify(f)  # 6, checked on every pass while a scale_up is verified
+    f, verdict = _verify(f)  # 3, on every pass while a scale_up is verified, cooldown or not
     if verdict is not None:
         return verdict
-    held = _on_incident(f, confirmed=confirmed) if acting else None  # 3, 4, 5
+    held = _on_incident(f, confirmed=confirmed) if acting else None  # 4, 5, 6
     if held is not None and held.action != "none":
         return held
     if f.memory.rollback_to is not None and not f.cooling and not f.hpa_managed:  # 7
@@ -153,7 +160,7 @@ def _hands_off(f: Facts) -> Out | None:
 
 
 def _on_incident(f: Facts, *, confirmed: bool) -> Out:
-    """Rules 3-5 on an anomalous sample of an open incident: what its shape allows."""
+    """Rules 4-6 on an anomalous sample of an open incident: what its shape allows."""
     obs, memory, limits, replicas = f.observation, f.memory, f.limits, f.replicas
     if f.shape != "surge":
         return _no_scale(f, confirmed=confirmed)
@@ -194,7 +201,7 @@ def _on_incident(f: Facts, *, confirmed: bool) -> Out:
 
 
 def _no_scale(f: Facts, *, confirmed: bool) -> Out:
-    """Rule 3: not a surge. Alert why (once), or restart a leaking workload when enabled."""
+    """Rule 4: not a surge. Alert why (once), or restart a leaking workload when enabled."""
     shape = f.shape or "other"
     context = {"slow_dependency": " at normal traffic", "memory_leak": " without more load"}
     why = f"{describe(f.observation)}{context.get(shape, '')}: {WHY[shape]}, scaling cannot fix it"
@@ -207,7 +214,7 @@ def _no_scale(f: Facts, *, confirmed: bool) -> Out:
 
 
 def _with_hpa(f: Facts, *, confirmed: bool) -> Out:
-    """Rule 4: an HPA targets the Deployment: alert, or raise its minReplicas."""
+    """Rule 5: an HPA targets the Deployment: alert, or raise its minReplicas."""
     hpa, seen = f.hpa, f.seen()
     if hpa is None or f.params.hpa_mode != "raise_min":
         name = f" {hpa.name}" if hpa else ""
@@ -252,7 +259,7 @@ def _relieved(f: Facts) -> bool:
 
 
 def _verify(f: Facts) -> tuple[Facts, Out | None]:
-    """Rule 6: did the last scale_up work? Advances the check; `give_up` when it did not."""
+    """Rule 3: did the last scale_up work? Advances the check; `give_up` when it did not."""
     check = f.state.verify
     if check is None or f.hpa_managed:
         return f, None

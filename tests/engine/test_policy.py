@@ -527,3 +527,14 @@ def test_policy_params_defaults() -> None:
     assert (p.hpa_mode, p.restart_on_memory_leak) == ("alert", False)
     assert (p.max_actions_per_pass, p.max_actions_per_hour) == (10, 60)
     assert PolicyParams(scale_down_after_seconds=None).scale_down_after_seconds is None
+
+
+def test_a_restart_after_give_up_still_rolls_back_from_the_annotations() -> None:
+    """No in-process state survives a restart; the rollback-to annotation does."""
+    gave_up = replace(SCALED, rollback_to=1, last_action="give_up 1->2 (not_helping)")
+    memory, problems = memory_from_annotations(memory_to_annotations(gave_up))
+    w = Workload(replicas=2, memory=memory)
+    w.t = T0 + 285  # first sample at T0 + 300, when the cooldown ends
+    d = w.feed(hot)[0]
+    assert problems == () and (d.action, d.replicas_after) == ("rollback", 1)
+    assert d.memory.original_replicas is None and d.memory.rollback_to is None
