@@ -9,7 +9,7 @@ import logging
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,14 @@ import pytest
 from aegisops.config import Config, parse_config
 from aegisops.kube import Conflict, DeploymentInfo, KubeUnavailable, ScaleInfo
 from aegisops.loop import Engine
-from aegisops.policy import COOLDOWN_UNTIL, LAST_ACTION, ORIGINAL_REPLICAS, format_time
+from aegisops.policy import (
+    ANNOTATION_KEYS,
+    COOLDOWN_UNTIL,
+    LAST_ACTION,
+    ORIGINAL_REPLICAS,
+    REPLICAS_SET,
+    format_time,
+)
 from aegisops.prometheus import History, PrometheusUnavailable, Sample
 from aegisops.selfmetrics import SelfMetrics
 
@@ -197,7 +204,8 @@ def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    r = rig()
+    config = make_config()  # the surge never eases: pin the verification past this test's end
+    r = rig(config=replace(config, policy=replace(config.policy, verify_passes=10)))
     assert "trained from history: 50 of 50 points usable, ready" in caplog.text
     quiet = r.passes(5, start=T0 + 1)
     assert [p.actions for p in quiet] == [0] * 5
@@ -209,7 +217,9 @@ def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
     assert r.kube.names() == ["get_deployment", *ACTING]
     notes = r.kube.calls[4][1]
     assert notes == {
+        **dict.fromkeys(ANNOTATION_KEYS),
         ORIGINAL_REPLICAS: "1",
+        REPLICAS_SET: "2",
         LAST_ACTION: "scale_up 1->2",
         "aegisops.dev/last-action-at": format_time(T0 + 8),
         COOLDOWN_UNTIL: format_time(T0 + 8 + 300),
@@ -424,9 +434,7 @@ def test_a_failed_scale_puts_the_annotations_back_so_the_next_pass_retries(
         "patch_annotations",  # T0+4: record again
         "patch_scale",  # ... and scale
     ]
-    assert patches[2][1] == dict.fromkeys(
-        (ORIGINAL_REPLICAS, LAST_ACTION, "aegisops.dev/last-action-at", COOLDOWN_UNTIL)
-    )
+    assert patches[2][1] == dict.fromkeys(ANNOTATION_KEYS)
     assert r.kube.replicas == 2
     assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
     assert "scale_up 1->2 failed (error): patch deployments/scale: 503" in caplog.text
@@ -606,7 +614,9 @@ def test_the_quiet_path_makes_no_calls_with_scale_down_enabled(hpas: set[str]) -
     old = {ORIGINAL_REPLICAS: "1", COOLDOWN_UNTIL: format_time(T0 - 3600)}
     kube = FakeKube(annotations=old, replicas=3, hpas=hpas)
     config = make_config(
-        policy={"consecutive_anomalies": 3, "cooldown_seconds": 300, "scale_down_after_seconds": 0}
+        policy={"consecutive_anomalies": 3, "cooldown_seconds": 300, "scale_down_after_seconds": 0},
+        # one scale_down step per cooldown now: a step of 2 keeps this a single step 3 -> 1
+        targets=[{"namespace": "shop", "deployment": "web", "max_replicas": 4, "scale_step": 2}],
     )
     r = rig(kube=kube, config=config)
     results = r.passes(30, start=T0 + 1)
