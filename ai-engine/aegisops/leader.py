@@ -115,7 +115,11 @@ def _read(path: Path) -> str:
 
 
 class LeaderElector:
-    """Acquire or renew the Lease every `renew_every_seconds` (a thread, or `step` in tests)."""
+    """Acquire or renew the Lease every `renew_every_seconds` (a thread, or `step` in tests).
+
+    With `params.enabled` false there is no Lease: this engine always leads (one replica),
+    `start`/`stop` do nothing and no Kubernetes call is made.
+    """
 
     def __init__(
         self,
@@ -145,16 +149,20 @@ class LeaderElector:
     # -- public ----------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None:
+        if self._params.enabled and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
             self._thread.start()
 
     def is_leader(self, now: float | None = None) -> bool:
+        if not self._params.enabled:
+            return True
         # No lock: a step may be waiting on the API server; one float read is atomic.
         return self._fresh(self._clock() if now is None else now)
 
     def step(self, now: float) -> bool:
         """One acquire-or-renew; True when this engine leads afterwards."""
+        if not self._params.enabled:
+            return True
         with self._lock:
             try:
                 why = self._try(now)
@@ -167,12 +175,16 @@ class LeaderElector:
             return leading
 
     def stop(self, *, release: bool = True, timeout: float | None = None) -> None:
-        """End the thread (it wakes at once); with `release`, hand the Lease over."""
+        """End the thread (it wakes at once) and stop leading; with `release`, hand the
+        Lease over (otherwise another engine takes it after the lease duration)."""
+        if not self._params.enabled:
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if release:
             self._release(self._clock())
+        self._renewed_at = None
 
     # -- one step --------------------------------------------------------------------
 

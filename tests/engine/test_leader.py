@@ -267,6 +267,7 @@ def test_the_thread_takes_over_after_the_holder_stops_without_release(
         b.start()
         assert not b.is_leader()
         a.stop(release=False)
+        assert not a.is_leader()  # stopped: it no longer acts, though the Lease is still its
         wait_until(b.is_leader, timeout=10, interval=0.05, message="b takes over")
     finally:
         a.stop(release=False)
@@ -325,3 +326,12 @@ def test_resolved_defaults_come_from_the_downward_api_then_the_pod_files(tmp_pat
         namespace="x", identity="me", environ=pod, namespace_file=ns_file, hostname="h", pid=1
     )
     assert (explicit.namespace, explicit.identity) == ("x", "me")
+
+
+def test_disabled_election_always_leads_without_a_kubernetes_call(api: KubeAPIServer) -> None:
+    off = LeaderParams(enabled=False, lease_name=LEASE, namespace=NS, identity="solo")
+    solo = LeaderElector(kube=object(), params=off)  # type: ignore[arg-type]  # never called
+    solo.start()
+    assert solo.step(T) and solo.is_leader(T)
+    solo.stop()
+    assert api.requests(resource="leases") == []
