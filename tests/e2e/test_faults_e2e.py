@@ -25,7 +25,10 @@ pytestmark = pytest.mark.slow
 
 W = re.escape(WORKLOAD)
 DECISION = W + r": rps=.*; score \d\.\d\d vs threshold \d\.\d\d -> "
-MISSING = W + r": rps=n/a p95_latency_seconds=n/a memory_bytes=n/a; missing, not scored -> none: "
+MISSING = (
+    W + r": rps=n/a \(baseline .*\) p95_latency_seconds=n/a \(baseline .*\) memory_bytes=n/a "
+    r"\(baseline .*\); missing, not scored -> none: no data"
+)
 NO_DATA = "; no data for rps, p95_latency_seconds, memory_bytes"
 SUMMARY = r"pass (\d+): 1 workloads, \d+ anomalies, \d+ actions, \d+ errors in "
 PROM_FAILED = r"pass \d+: Prometheus query failed, no decisions this pass: "
@@ -174,11 +177,13 @@ def test_prometheus_slack_and_kubernetes_faults_in_one_run(
     # -- Slow Kubernetes GETs, beyond the 2 s client timeout: backoff, then over.
     at = engine.mark()
     api.inject(verb="get", path=RECORD_PATH, latency=3, times=None, user=ENGINE_USER)
-    engine.wait_lines(
+    [timed_out] = engine.wait_lines(
         r"Kubernetes API unavailable \(.*\): no Kubernetes call for \d+s \(backoff\)",
         timeout=30,
         after=at,
     )
+    assert "get deployments aegisops/aegisops-app: " in timed_out
+    assert "Read timed out" in timed_out, timed_out
     passes_go_on(engine, after=at)
     api.clear_faults()
     engine.wait_lines(r"Kubernetes API answers again; backoff over", timeout=60, after=at)
