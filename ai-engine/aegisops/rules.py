@@ -257,14 +257,9 @@ def _with_hpa(f: Facts) -> Out:
         reason = f"{seen}; the HPA {hpa.name} minReplicas is {hpa.min_replicas} already, at max"
         return _hold(f, reason, "at_max")
     original = f.memory.hpa_original_min
-    out = _act(
-        f,
-        "hpa_raise",
-        f.replicas,
-        f"{seen}; hpa_raise {hpa.name} minReplicas {hpa.min_replicas}->{target}",
-        hpa_original_min=hpa.min_replicas if original is None else original,
-        hpa_min_set=target,
-    )
+    first = hpa.min_replicas if original is None else original
+    reason = f"{seen}; hpa_raise {hpa.name} minReplicas {hpa.min_replicas}->{target}"
+    out = _act(f, "hpa_raise", f.replicas, reason, hpa_original_min=first, hpa_min_set=target)
     note = f"hpa_raise {hpa.min_replicas}->{target}"
     return replace(out, hpa_min_after=target, memory=replace(out.memory, last_action=note))
 
@@ -338,12 +333,8 @@ def _give_up(f: Facts, check: Verify, why: str, kind: AlertKind) -> Out:
     pending = f.memory.rollback_to
     target = check.before if pending is None else min(pending, check.before)
     reason = f"{why}; no more scale-ups this incident, rollback to {target} after the cooldown"
-    memory = replace(
-        f.memory,
-        rollback_to=target,
-        last_action=f"give_up {check.before}->{check.after} ({kind})",
-        last_action_at=f.now,
-    )
+    note = f"give_up {check.before}->{check.after} ({kind})"
+    memory = replace(f.memory, rollback_to=target, last_action=note, last_action_at=f.now)
     state = _sent(replace(f.state, verify=None, gave_up=True), kind)
     return Out(
         action="give_up",
