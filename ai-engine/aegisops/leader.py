@@ -9,6 +9,11 @@ releases the Lease by clearing `holderIdentity`, so a rolling update hands over 
 instead of after a full lease duration. Every write is a PUT carrying the
 resourceVersion that was read: of two racing engines, one gets 409 and stays a follower.
 
+Two clocks, both injectable: every expiry and freshness decision uses a monotonic clock
+(`time.monotonic`: an NTP step of the wall clock cannot make a follower take over early, nor
+a leader keep acting late); the wall clock (`time.time`) only stamps the `acquireTime` and
+`renewTime` written into the Lease, which nobody compares with their own clock.
+
 `is_leader()` is stricter than "holds the Lease": the last successful renewal must be
 younger than the lease duration minus one renew period, so a leader that cannot reach
 the API server stops acting before anyone else can take over.
@@ -127,20 +132,22 @@ class LeaderElector:
         kube: LeaseApi,
         params: LeaderParams,
         identity: str | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._kube = kube
         self._params = params
         self.identity = identity or params.identity
         if not self.identity:
             raise ValueError("leader_election.identity: must not be empty")
-        self._clock = clock
+        self._clock = clock  # monotonic: observed and renewed times, expiry, freshness
+        self._wall = wall_clock  # only for the acquireTime/renewTime written into the Lease
         self._lease = f"{params.namespace}/{params.lease_name}"
         self._lock = threading.Lock()  # one step (or the release) at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._observed: LeaseInfo | None = None  # the record as last read or written
-        self._observed_at = 0.0  # when it last changed, by our clock
+        self._observed_at = 0.0  # when it last changed, by our monotonic clock
         self._renewed_at: float | None = None  # our last successful acquire/renew
         self._leading = False  # what was last logged: leader or not
         self._following = ""  # the holder last logged as followed
@@ -153,24 +160,24 @@ class LeaderElector:
             self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
             self._thread.start()
 
-    def is_leader(self, now: float | None = None) -> bool:
+    def is_leader(self) -> bool:
         if not self._params.enabled:
             return True
         # No lock: a step may be waiting on the API server; one float read is atomic.
-        return self._fresh(self._clock() if now is None else now)
+        return self._fresh(self._clock())
 
-    def step(self, now: float) -> bool:
+    def step(self) -> bool:
         """One acquire-or-renew; True when this engine leads afterwards."""
         if not self._params.enabled:
             return True
         with self._lock:
             try:
-                why = self._try(now)
+                why = self._try(self._clock())
                 self._errors_logged.clear()
             except KubeError as err:
                 why = f"cannot renew: {err}"
                 self._log_error(err)
-            leading = self._fresh(now)
+            leading = self._fresh(self._clock())
             self._announce(leading=leading, why=why)
             return leading
 
@@ -183,7 +190,7 @@ class LeaderElector:
         if self._thread is not None:
             self._thread.join(timeout)
         if release:
-            self._release(self._clock())
+            self._release()
         self._renewed_at = None
 
     # -- one step --------------------------------------------------------------------
@@ -201,11 +208,12 @@ class LeaderElector:
             self._renewed_at = None
             return f"{current.holder} holds it"
         mine = current.holder == self.identity
+        wall = self._wall()
         record = LeaseInfo(
             holder=self.identity,
             duration_seconds=_seconds(params.lease_duration_seconds),
-            acquire_time=current.acquire_time if mine and current.acquire_time else _at(now),
-            renew_time=_at(now),
+            acquire_time=current.acquire_time if mine and current.acquire_time else _at(wall),
+            renew_time=_at(wall),
             transitions=current.transitions if mine else current.transitions + 1,
             resource_version=current.resource_version,
         )
@@ -221,11 +229,12 @@ class LeaderElector:
 
     def _create(self, now: float) -> str:
         params = self._params
+        wall = self._wall()
         record = LeaseInfo(
             holder=self.identity,
             duration_seconds=_seconds(params.lease_duration_seconds),
-            acquire_time=_at(now),
-            renew_time=_at(now),
+            acquire_time=_at(wall),
+            renew_time=_at(wall),
             transitions=0,
         )
         try:
@@ -281,14 +290,15 @@ class LeaderElector:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.step(self._clock())
+                self.step()
             except Exception:  # never out of the thread: the next step tries again
                 log.exception("leader election step failed (lease %s)", self._lease)
             self._stop.wait(self._params.renew_every_seconds)
 
-    def _release(self, now: float) -> None:
+    def _release(self) -> None:
         params = self._params
         with self._lock:
+            now = self._wall()
             held = self._observed
             if held is None or held.holder != self.identity:
                 return

@@ -1,8 +1,10 @@
 """aegisops.leader: two engines, one Lease, over HTTP against the Kubernetes API emulator
 (RBAC on, kubernetes/rbac.yaml, the engine's service account), each with its own clock.
 
-`step(now)` drives one acquire-or-renew per call, so takeovers are checked at exact
-observed times; one test runs the real thread with short durations.
+Each engine has its own monotonic clock that the test moves (`Engine.step(t)` sets it to t
+seconds, then runs one acquire-or-renew), and a wall clock at T + t that only stamps the
+Lease, so takeovers are checked at exact observed times; the thread tests use real clocks
+with short durations.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ TOKEN = "engine-sa-token"
 ENGINE_USER = "system:serviceaccount:aegisops:aegisops-engine"
 NS, LEASE = "aegisops", "aegisops-engine"
 WHERE = f"lease {NS}/{LEASE}"
-T = 1_800_000_000.0  # 2027-01-15T08:00:00Z: every `now` below is T + seconds
+T = 1_800_000_000.0  # 2027-01-15T08:00:00Z: the wall clock reads T + the monotonic one
 PARAMS = LeaderParams(
     lease_name=LEASE,
     namespace=NS,
@@ -66,8 +68,31 @@ def kube(api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
     api.clear_requests()
 
 
-def elector(kube: Any, identity: str, *, clock: Callable[[], float] = lambda: T) -> LeaderElector:
-    return LeaderElector(kube=kube, params=PARAMS, identity=identity, clock=clock)
+class Engine:
+    """One elector with its own clocks: monotonic `t`, wall `T + t + wall_step`."""
+
+    def __init__(self, kube: Any, identity: str, *, params: LeaderParams = PARAMS) -> None:
+        self.t = 0.0
+        self.wall_step = 0.0  # an NTP step of this engine's wall clock
+        self.elector = LeaderElector(
+            kube=kube,
+            params=params,
+            identity=identity,
+            clock=lambda: self.t,
+            wall_clock=lambda: T + self.t + self.wall_step,
+        )
+
+    def step(self, t: float) -> bool:
+        self.t = t
+        return self.elector.step()
+
+    def is_leader(self, t: float) -> bool:
+        self.t = t
+        return self.elector.is_leader()
+
+
+def elector(kube: Any, identity: str) -> Engine:
+    return Engine(kube, identity)
 
 
 def lease(api: KubeAPIServer) -> dict[str, Any]:
@@ -89,9 +114,9 @@ def test_exactly_one_leads_and_renewals_keep_it(
 ) -> None:
     a, b = elector(kube, "a"), elector(kube, "b")
     for t in range(0, 61, 5):
-        assert a.step(T + t) is True
-        assert b.step(T + t + 1) is False
-        assert a.is_leader(T + t + 1) and not b.is_leader(T + t + 1)
+        assert a.step(t) is True
+        assert b.step(t + 1) is False
+        assert a.is_leader(t + 1) and not b.is_leader(t + 1)
     assert lease(api) == {
         "holderIdentity": "a",
         "leaseDurationSeconds": 15,
@@ -117,19 +142,19 @@ def test_is_leader_ends_a_renew_period_before_the_lease_could_be_taken(
     kube: KubeClient,
 ) -> None:
     a = elector(kube, "a")
-    assert a.step(T)
-    assert a.is_leader(T + 9.9)  # 15 s lease - 5 s renew period
-    assert not a.is_leader(T + 10)
+    assert a.step(0)
+    assert a.is_leader(9.9)  # 15 s lease - 5 s renew period
+    assert not a.is_leader(10)
 
 
 def test_takeover_only_after_the_duration_without_renewal_by_the_followers_clock(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b = elector(kube, "a"), elector(kube, "b")
-    assert a.step(T)
-    assert not b.step(T + 100)  # b's clock is far ahead: observed time, not renewTime, counts
-    assert not b.step(T + 114.9)
-    assert b.step(T + 115)
+    assert a.step(0)
+    assert not b.step(100)  # b's clock is far ahead: observed time, not renewTime, counts
+    assert not b.step(114.9)
+    assert b.step(115)
     assert lease(api) == {
         "holderIdentity": "b",
         "leaseDurationSeconds": 15,
@@ -137,7 +162,7 @@ def test_takeover_only_after_the_duration_without_renewal_by_the_followers_clock
         "renewTime": at(115),
         "leaseTransitions": 1,
     }
-    assert not a.step(T + 12)  # a comes back: it is b's now
+    assert not a.step(12)  # a comes back: it is b's now
     assert lines(caplog) == [
         f"became leader ({WHERE}, identity a)",
         f"following a ({WHERE})",
@@ -147,14 +172,33 @@ def test_takeover_only_after_the_duration_without_renewal_by_the_followers_clock
     ]
 
 
+def test_a_wall_clock_step_changes_the_stamps_but_never_the_expiry(
+    api: KubeAPIServer, kube: KubeClient
+) -> None:
+    a, b = elector(kube, "a"), elector(kube, "b")
+    assert a.step(0)
+    assert not b.step(1)
+    b.wall_step = 3600.0  # NTP steps b's wall clock an hour ahead: b's monotonic clock runs on
+    a.wall_step = -3600.0  # and a's an hour back
+    assert not b.step(6)  # a's record is 5 s old by b's monotonic clock: not expired
+    assert a.is_leader(9.9) and not a.is_leader(10)  # a's freshness ignores its wall clock
+    assert a.step(10)
+    assert lease(api)["renewTime"] == at(10 - 3600)  # only the stamp follows the wall clock
+    assert not b.step(11)  # b sees a's renewal at 11: it expires at 26 by b's monotonic clock
+    assert not b.step(25.9)
+    assert b.step(26)
+    assert lease(api)["acquireTime"] == at(26 + 3600)
+
+
 def test_release_on_stop_lets_the_follower_acquire_at_once(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a, b = elector(kube, "a", clock=lambda: T + 3), elector(kube, "b")
-    assert a.step(T)
-    assert not b.step(T + 1)
-    a.stop(release=True)
-    assert not a.is_leader(T + 3)
+    a, b = elector(kube, "a"), elector(kube, "b")
+    assert a.step(0)
+    assert not b.step(1)
+    a.t = 3
+    a.elector.stop(release=True)
+    assert not a.is_leader(3)
     [release] = api.requests(verb="update")
     assert release.body["spec"] == {
         "holderIdentity": "",
@@ -163,7 +207,7 @@ def test_release_on_stop_lets_the_follower_acquire_at_once(
         "acquireTime": at(3),
         "renewTime": at(3),
     }
-    assert b.step(T + 2)  # long before a's 15 s would have run out
+    assert b.step(2)  # long before a's 15 s would have run out
     assert lease(api)["holderIdentity"] == "b"
     assert lease(api)["leaseTransitions"] == 1
     assert f"released {WHERE} (identity a)" in lines(caplog)
@@ -192,20 +236,20 @@ def test_a_409_on_a_race_makes_the_loser_a_follower(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     a = elector(kube, "a")
-    b = elector(Racing(kube, lambda: a.step(T)), "b")
-    assert not b.step(T)  # both saw no Lease; a created it first: 409 AlreadyExists
+    b = elector(Racing(kube, lambda: a.step(0)), "b")
+    assert not b.step(0)  # both saw no Lease; a created it first: 409 AlreadyExists
     assert [(e.verb, e.code) for e in api.requests(verb="create")] == [
         ("create", 201),
         ("create", 409),
     ]
     # Later the Lease has expired for both; a renews between b's read and b's write.
     a_late = elector(kube, "a")  # a fresh observer, as after a restart with the same identity
-    b = elector(Racing(kube, lambda: a_late.step(T + 40)), "b")
-    assert not b.step(T + 20)  # first sight of the record
-    assert not b.step(T + 35)  # expired by b's clock, but a renews first: 409 Conflict
+    b = elector(Racing(kube, lambda: a_late.step(40)), "b")
+    assert not b.step(20)  # first sight of the record
+    assert not b.step(35)  # expired by b's clock, but a renews first: 409 Conflict
     assert [e.code for e in api.requests(verb="update")] == [200, 409]
     assert lease(api)["holderIdentity"] == "a"
-    assert not b.is_leader(T + 35)
+    assert not b.is_leader(35)
     assert lines(caplog) == [
         f"became leader ({WHERE}, identity a)",  # a, creating the Lease in b's race
         f"following a ({WHERE})",  # the second b, on first sight
@@ -218,7 +262,7 @@ def test_api_faults_keep_a_follower_and_end_a_leadership_that_cannot_renew(
 ) -> None:
     b = elector(kube, "b")
     api.inject(verb="get", path="/leases/", status=403, times=None)
-    assert [b.step(T + t) for t in (0, 5, 10)] == [False, False, False]
+    assert [b.step(t) for t in (0, 5, 10)] == [False, False, False]
     api.clear_faults()
     assert lines(caplog) == [
         f"{WHERE}: get leases {NS}/{LEASE}: 403 Forbidden: "
@@ -230,11 +274,11 @@ def test_api_faults_keep_a_follower_and_end_a_leadership_that_cannot_renew(
     caplog.clear()
 
     a = elector(kube, "a")
-    assert a.step(T)
+    assert a.step(0)
     api.inject(verb="get", path="/leases/", status=503, times=None)
-    assert a.step(T + 5)  # the last renewal (T) is still young enough
-    assert not a.step(T + 10)
-    assert not a.step(T + 15)
+    assert a.step(5)  # the last renewal (T) is still young enough
+    assert not a.step(10)
+    assert not a.step(15)
     api.clear_faults()
     unavailable = (
         f"get leases {NS}/{LEASE}: 503 ServiceUnavailable: "
@@ -245,7 +289,7 @@ def test_api_faults_keep_a_follower_and_end_a_leadership_that_cannot_renew(
         f"{WHERE}: {unavailable}",
         f"lost leadership ({WHERE}, identity a): cannot renew: {unavailable}",
     ]
-    assert a.step(T + 16)  # nobody took it: a renews and leads again
+    assert a.step(16)  # nobody took it: a renews and leads again
     assert lease(api)["acquireTime"] == at(0)
 
 
@@ -332,6 +376,6 @@ def test_disabled_election_always_leads_without_a_kubernetes_call(api: KubeAPISe
     off = LeaderParams(enabled=False, lease_name=LEASE, namespace=NS, identity="solo")
     solo = LeaderElector(kube=object(), params=off)  # type: ignore[arg-type]  # never called
     solo.start()
-    assert solo.step(T) and solo.is_leader(T)
+    assert solo.step() and solo.is_leader()
     solo.stop()
     assert api.requests(resource="leases") == []
