@@ -144,6 +144,8 @@ class LeaderElector:
         self._wall = wall_clock  # only for the acquireTime/renewTime written into the Lease
         self._lease = f"{params.namespace}/{params.lease_name}"
         self._lock = threading.Lock()  # one step (or the release) at a time
+        self._state = threading.Lock()  # _stopped and _renewed_at change together
+        self._stopped = False  # after stop(): never leads again, late renewals are ignored
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._observed: LeaseInfo | None = None  # the record as last read or written
@@ -171,27 +173,47 @@ class LeaderElector:
         if not self._params.enabled:
             return True
         with self._lock:
+            if self._stopped:
+                return False
             try:
                 why = self._try(self._clock())
                 self._errors_logged.clear()
             except KubeError as err:
                 why = f"cannot renew: {err}"
                 self._log_error(err)
+            if self._stopped:  # stop() came while this step waited on the API server
+                why = "stopped"
             leading = self._fresh(self._clock())
             self._announce(leading=leading, why=why)
             return leading
 
     def stop(self, *, release: bool = True, timeout: float | None = None) -> None:
-        """End the thread (it wakes at once) and stop leading; with `release`, hand the
-        Lease over (otherwise another engine takes it after the lease duration)."""
+        """Stop leading at once (a renewal still in flight is ignored when it lands), end
+        the thread and, with `release`, hand the Lease over (otherwise another engine takes
+        it after the lease duration). `timeout` bounds the wait for an in-flight step: when
+        it is not done in time the release is skipped (logged), never waited for."""
         if not self._params.enabled:
             return
+        with self._state:
+            self._stopped = True
+            self._renewed_at = None
         self._stop.set()
+        deadline = None if timeout is None else self._clock() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
         if release:
-            self._release()
-        self._renewed_at = None
+            left = -1.0 if deadline is None else max(0.0, deadline - self._clock())
+            if not self._lock.acquire(timeout=left):
+                log.warning(
+                    "lease %s: not released: a renewal is still in flight after %ss",
+                    self._lease,
+                    timeout,
+                )
+                return
+            try:
+                self._release()
+            finally:
+                self._lock.release()
 
     # -- one step --------------------------------------------------------------------
 
@@ -252,13 +274,16 @@ class LeaderElector:
             self._observed, self._observed_at = record, now
 
     def _won(self, record: LeaseInfo, now: float) -> None:
-        self._observe(record, now)
-        self._renewed_at = now
+        self._observe(record, now)  # kept when stopped: a release needs its resourceVersion
+        with self._state:
+            if not self._stopped:  # a renewal that lands after stop() does not lead
+                self._renewed_at = now
 
     def _fresh(self, now: float) -> bool:
         params = self._params
         window = params.lease_duration_seconds - params.renew_every_seconds
-        return self._renewed_at is not None and now - self._renewed_at < window
+        renewed = self._renewed_at
+        return not self._stopped and renewed is not None and now - renewed < window
 
     # -- logs ------------------------------------------------------------------------
 
@@ -296,30 +321,29 @@ class LeaderElector:
             self._stop.wait(self._params.renew_every_seconds)
 
     def _release(self) -> None:
+        """Clear holderIdentity (the caller holds the step lock)."""
         params = self._params
-        with self._lock:
-            now = self._wall()
-            held = self._observed
-            if held is None or held.holder != self.identity:
-                return
-            record = LeaseInfo(
-                holder="",
-                duration_seconds=1,
-                acquire_time=_at(now),
-                renew_time=_at(now),
-                transitions=held.transitions,
-                resource_version=held.resource_version,
+        now = self._wall()
+        held = self._observed
+        if held is None or held.holder != self.identity:
+            return
+        record = LeaseInfo(
+            holder="",
+            duration_seconds=1,
+            acquire_time=_at(now),
+            renew_time=_at(now),
+            transitions=held.transitions,
+            resource_version=held.resource_version,
+        )
+        self._leading = False
+        try:
+            self._observed = self._kube.replace_lease(
+                namespace=params.namespace, name=params.lease_name, lease=record
             )
-            self._renewed_at = None
-            self._leading = False
-            try:
-                self._observed = self._kube.replace_lease(
-                    namespace=params.namespace, name=params.lease_name, lease=record
-                )
-            except KubeError as err:
-                log.warning("lease %s: not released: %s", self._lease, err)
-                return
-            log.info("released lease %s (identity %s)", self._lease, self.identity)
+        except Exception as err:  # a KubeError, or anything else: stop() never raises
+            log.warning("lease %s: not released: %s", self._lease, err)
+            return
+        log.info("released lease %s (identity %s)", self._lease, self.identity)
 
 
 def _at(now: float) -> dt.datetime:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,76 @@ def test_release_on_stop_lets_the_follower_acquire_at_once(
     assert lease(api)["holderIdentity"] == "b"
     assert lease(api)["leaseTransitions"] == 1
     assert f"released {WHERE} (identity a)" in lines(caplog)
+
+
+class Gated:
+    """The Lease calls of a KubeClient; while `hold` is set, a PUT waits (after it is sent:
+    it lands on the server) until `go` is set, `landed` tells the test it is in flight."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+        self.hold, self.landed, self.go = threading.Event(), threading.Event(), threading.Event()
+
+    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
+        return self._kube.get_lease(namespace=namespace, name=name)
+
+    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
+
+    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        written = self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
+        if self.hold.is_set():
+            self.landed.set()
+            assert self.go.wait(timeout=30)
+        return written
+
+
+def renewal_in_flight(a: Engine, gate: Gated) -> threading.Thread:
+    """a leads; its next renewal (at t=5) is written but has not returned yet."""
+    assert a.step(0)
+    gate.hold.set()
+    renewing = threading.Thread(target=a.step, args=(5,))
+    renewing.start()
+    assert gate.landed.wait(timeout=30)
+    return renewing
+
+
+def test_stop_ends_leadership_though_a_renewal_lands_after_it(
+    api: KubeAPIServer, kube: KubeClient
+) -> None:
+    gate = Gated(kube)
+    a = Engine(gate, "a")
+    renewing = renewal_in_flight(a, gate)
+    a.elector.stop(release=False, timeout=0)
+    assert not a.elector.is_leader()
+    gate.go.set()
+    renewing.join()
+    assert not a.is_leader(5)  # the late renewal is ignored
+    assert not a.step(6)  # and a stopped elector never steps again
+    assert lease(api)["renewTime"] == at(5)
+
+
+def test_stop_skips_a_release_it_cannot_make_within_its_timeout(
+    api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = Gated(kube)
+    a = Engine(gate, "a")
+    renewing = renewal_in_flight(a, gate)
+    stopping = threading.Thread(target=a.elector.stop, kwargs={"release": True, "timeout": 0})
+    stopping.start()
+    stopping.join(timeout=30)
+    released = not stopping.is_alive()  # before the renewal returns: never waited for
+    gate.go.set()
+    renewing.join()
+    stopping.join()
+    assert released
+    assert [e.body["spec"]["holderIdentity"] for e in api.requests(verb="update")] == ["a"]
+    assert lines(caplog) == [
+        f"became leader ({WHERE}, identity a)",
+        f"{WHERE}: not released: a renewal is still in flight after 0s",
+        f"lost leadership ({WHERE}, identity a): stopped",  # logged as the renewal returns
+    ]
+    assert not a.elector.is_leader()
 
 
 class Racing:
