@@ -80,6 +80,19 @@ class LeaderParams:
                 f"({self.lease_duration_seconds}), got {self.renew_every_seconds}"
             )
 
+    def check_kube_timeout(self, timeout_seconds: float) -> None:
+        """For the config's cross-field check: one Lease call may take up to
+        `kubernetes.timeout_seconds`; a renewal that can take the whole lease duration minus
+        one renew period could never keep the lead."""
+        if not self.enabled:
+            return
+        window = self.lease_duration_seconds - self.renew_every_seconds
+        if timeout_seconds >= window:
+            raise ValueError(
+                "kubernetes.timeout_seconds: must be < leader_election.lease_duration_seconds "
+                f"- leader_election.renew_every_seconds ({window:g}), got {timeout_seconds:g}"
+            )
+
 
 def resolve_params(
     *,
@@ -217,13 +230,16 @@ class LeaderElector:
 
     # -- one step --------------------------------------------------------------------
 
-    def _try(self, now: float) -> str:
-        """Read, then acquire or renew if we may; returns why we do not lead (or "")."""
+    def _try(self, started: float) -> str:
+        """Read, then acquire or renew if we may; returns why we do not lead (or "").
+        A renewal counts from `started`, read before the GET: every other engine sees the
+        record we write later than that, so our lead ends before its expiry can."""
         params = self._params
         try:
             current = self._kube.get_lease(namespace=params.namespace, name=params.lease_name)
         except NotFound:
-            return self._create(now)
+            return self._create(started)
+        now = self._clock()  # as client-go's observedTime: when the GET returned
         self._observe(current, now)
         other = current.holder and current.holder != self.identity
         if other and self._observed_at + params.lease_duration_seconds > now:
@@ -246,10 +262,10 @@ class LeaderElector:
         except Conflict:
             self._renewed_at = None
             return "another engine wrote the lease first (409)"
-        self._won(written, now)
+        self._won(written, started)
         return ""
 
-    def _create(self, now: float) -> str:
+    def _create(self, started: float) -> str:
         params = self._params
         wall = self._wall()
         record = LeaseInfo(
@@ -266,18 +282,19 @@ class LeaderElector:
         except Conflict:
             self._renewed_at = None
             return "another engine created the lease first (409)"
-        self._won(written, now)
+        self._won(written, started)
         return ""
 
     def _observe(self, record: LeaseInfo, now: float) -> None:
         if record != self._observed:
             self._observed, self._observed_at = record, now
 
-    def _won(self, record: LeaseInfo, now: float) -> None:
-        self._observe(record, now)  # kept when stopped: a release needs its resourceVersion
+    def _won(self, record: LeaseInfo, started: float) -> None:
+        # Observed even when stopped: a release needs the record's resourceVersion.
+        self._observe(record, self._clock())
         with self._state:
             if not self._stopped:  # a renewal that lands after stop() does not lead
-                self._renewed_at = now
+                self._renewed_at = started
 
     def _fresh(self, now: float) -> bool:
         params = self._params

@@ -191,6 +191,57 @@ def test_a_wall_clock_step_changes_the_stamps_but_never_the_expiry(
     assert lease(api)["acquireTime"] == at(26 + 3600)
 
 
+class SlowRead:
+    """The Lease calls of a KubeClient; the next GET first runs `during` (what happens
+    while the request is on its way), then reads."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+        self.during: Callable[[], object] | None = None
+
+    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
+        during, self.during = self.during, None
+        if during is not None:
+            during()
+        return self._kube.get_lease(namespace=namespace, name=name)
+
+    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
+
+    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
+
+
+def test_a_record_is_observed_when_the_read_returns_not_when_it_was_sent(
+    kube: KubeClient,
+) -> None:
+    slow = SlowRead(kube)
+    leader, follower = elector(kube, "l"), Engine(slow, "f")
+    assert leader.step(0)
+
+    def meanwhile() -> None:  # the follower's GET takes 11 s; the leader renews at 111
+        assert leader.step(111)
+        follower.t = 111
+
+    slow.during = meanwhile
+    assert not follower.step(100)
+    assert leader.is_leader(120.9)
+    assert not follower.step(120.9)  # observed at 111, not 100: not expired before 126
+    assert not follower.step(125.9)
+    assert follower.step(126)
+
+
+def test_the_kube_timeout_must_leave_time_to_renew() -> None:
+    PARAMS.check_kube_timeout(9.5)  # 15 s lease - 5 s renew period
+    with pytest.raises(ValueError) as err:
+        PARAMS.check_kube_timeout(10)
+    assert str(err.value) == (
+        "kubernetes.timeout_seconds: must be < leader_election.lease_duration_seconds "
+        "- leader_election.renew_every_seconds (10), got 10"
+    )
+    LeaderParams(enabled=False).check_kube_timeout(60)  # no Lease, no renewal
+
+
 def test_release_on_stop_lets_the_follower_acquire_at_once(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
