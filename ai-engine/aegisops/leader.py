@@ -1,9 +1,10 @@
 """Leader election on a coordination.k8s.io/v1 Lease: of all engine replicas, exactly one acts.
 
 Semantics are client-go's (k8s.io/client-go/tools/leaderelection): a follower takes the
-Lease over only when its record has not changed for `lease_duration_seconds` by the
-follower's *own* clock (observed time: no clock skew between pods is assumed, the
-`renewTime` written by another pod is never compared with ours); `leaseTransitions`
+Lease over only when its record has not changed for its `leaseDurationSeconds` (or our
+`lease_duration_seconds`, whichever is longer) by the follower's *own* clock (observed
+time: no clock skew between pods is assumed, the `renewTime` written by another pod is
+never compared with ours); `leaseTransitions`
 counts holder changes; `acquireTime` is kept on every renewal; on shutdown the holder
 releases the Lease by clearing `holderIdentity`, so a rolling update hands over at once
 instead of after a full lease duration. Every write is a PUT carrying the
@@ -242,7 +243,9 @@ class LeaderElector:
         now = self._clock()  # as client-go's observedTime: when the GET returned
         self._observe(current, now)
         other = current.holder and current.holder != self.identity
-        if other and self._observed_at + params.lease_duration_seconds > now:
+        # The holder's own leaseDurationSeconds counts too (an engine configured longer).
+        lasts = max(current.duration_seconds, params.lease_duration_seconds)
+        if other and self._observed_at + lasts > now:
             self._renewed_at = None
             return f"{current.holder} holds it"
         mine = current.holder == self.identity

@@ -9,6 +9,7 @@ with short durations.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -240,6 +241,20 @@ def test_the_kube_timeout_must_leave_time_to_renew() -> None:
         "- leader_election.renew_every_seconds (10), got 10"
     )
     LeaderParams(enabled=False).check_kube_timeout(60)  # no Lease, no renewal
+
+
+def test_a_follower_waits_for_the_holders_own_lease_duration(
+    api: KubeAPIServer, kube: KubeClient
+) -> None:
+    patient = dataclasses.replace(PARAMS, lease_duration_seconds=60)
+    old, new = Engine(kube, "old", params=patient), elector(kube, "new")
+    assert old.step(0)
+    assert lease(api)["leaseDurationSeconds"] == 60
+    assert not new.step(1)
+    assert not new.step(60.9)  # not after new's own 15 s: the record says 60
+    assert old.is_leader(54.9)
+    assert new.step(61)
+    assert lease(api)["leaseDurationSeconds"] == 15
 
 
 def test_release_on_stop_lets_the_follower_acquire_at_once(
