@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from aegisops.config import KubernetesConfig
-from aegisops.kube import KubeClient, LeaseInfo
+from aegisops.kube import KubeClient, KubeUnavailable, LeaseInfo
 from aegisops.leader import LeaderElector, LeaderParams, resolve_params
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import wait_until
@@ -430,31 +430,92 @@ def test_api_faults_keep_a_follower_and_end_a_leadership_that_cannot_renew(
     assert lease(api)["acquireTime"] == at(0)
 
 
-def test_the_thread_takes_over_after_the_holder_stops_without_release(
-    api: KubeAPIServer, kube: KubeClient
+FAST = LeaderParams(
+    lease_name=LEASE, namespace=NS, identity="a", lease_duration_seconds=1, renew_every_seconds=0.2
+)
+
+
+class CutOff:
+    """The Lease calls of a KubeClient: `error` (once, or while `cut` is set) instead."""
+
+    def __init__(self, kube: KubeClient, error: Exception, *, once: bool = False) -> None:
+        self._kube, self._error, self._once = kube, error, once
+        self.cut = threading.Event()
+        if once:
+            self.cut.set()
+
+    def _check(self) -> None:
+        if self.cut.is_set():
+            if self._once:
+                self.cut.clear()
+            raise self._error
+
+    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
+        self._check()
+        return self._kube.get_lease(namespace=namespace, name=name)
+
+    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        self._check()
+        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
+
+    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        self._check()
+        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
+
+
+def handed_over(a: LeaderElector, b: LeaderElector) -> Callable[[], bool]:
+    """A wait_until predicate: b leads; at every poll, never both. b is read first: a can
+    only stop leading, so a leading at the second read led at the first one too."""
+
+    def poll() -> bool:
+        b_leads = b.is_leader()
+        assert not (b_leads and a.is_leader()), "two leaders"
+        return b_leads
+
+    return poll
+
+
+@pytest.mark.parametrize("how", ["stopped without release", "cut off from the API server"])
+def test_the_thread_takes_over_and_never_two_lead(
+    api: KubeAPIServer, kube: KubeClient, how: str
 ) -> None:
-    fast = LeaderParams(
-        lease_name=LEASE,
-        namespace=NS,
-        identity="a",
-        lease_duration_seconds=1,
-        renew_every_seconds=0.2,
-    )
-    a = LeaderElector(kube=kube, params=fast)
-    b = LeaderElector(kube=kube, params=fast, identity="b")
+    link = CutOff(kube, KubeUnavailable("get leases: connection refused"))
+    a = LeaderElector(kube=link, params=FAST)
+    b = LeaderElector(kube=kube, params=FAST, identity="b")
     a.start()
     try:
         wait_until(a.is_leader, timeout=10, message="a leads")
         b.start()
         assert not b.is_leader()
-        a.stop(release=False)
-        assert not a.is_leader()  # stopped: it no longer acts, though the Lease is still its
-        wait_until(b.is_leader, timeout=10, interval=0.05, message="b takes over")
+        if how == "stopped without release":
+            a.stop(release=False)
+            assert not a.is_leader()  # stopped: it no longer acts, though the Lease is its
+        else:
+            link.cut.set()  # a's thread runs on, its renewals fail
+        wait_until(handed_over(a, b), timeout=10, interval=0.01, message="b takes over")
     finally:
         a.stop(release=False)
         b.stop(release=True)
     assert lease(api)["leaseTransitions"] == 1
     assert lease(api)["holderIdentity"] == ""  # b released it on stop
+
+
+def test_an_error_that_is_not_a_kube_error_leaves_the_thread_alive(
+    kube: KubeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = LeaderElector(kube=CutOff(kube, RuntimeError("boom"), once=True), params=FAST)
+    a.start()
+    try:
+        wait_until(a.is_leader, timeout=10, message="a leads on its next step")
+    finally:
+        a.stop(release=True)
+    [failed] = [r for r in caplog.records if r.exc_info]
+    assert failed.getMessage() == f"leader election step failed ({WHERE})"
+    assert repr(failed.exc_info[1]) == "RuntimeError('boom')"  # type: ignore[index]
+    assert lines(caplog)[:2] == [
+        f"leader election step failed ({WHERE})",
+        f"became leader ({WHERE}, identity a)",
+    ]
 
 
 # -- params ------------------------------------------------------------------------------
