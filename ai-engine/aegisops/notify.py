@@ -377,8 +377,20 @@ class Outbox:
         return self._queue.popleft()  # the head waits out a backoff: _run re-reads the head
 
     def _run(self) -> None:
-        while self._post_head():
-            pass
+        while True:
+            try:
+                if not self._post_head():
+                    return
+            except Exception as err:  # never out of the thread: the head is tried again
+                with self._cond:
+                    self._posting = None
+                log.error(
+                    "Slack outbox: unexpected %s; trying again in %g s",
+                    type(err).__name__,
+                    BACKOFF_SECONDS,
+                )
+                if not self._pause(BACKOFF_SECONDS):
+                    return
 
     def _post_head(self) -> bool:
         """One POST of the head message (and its backoff); False when the thread is done."""
@@ -470,8 +482,12 @@ class Outbox:
             log.error("Slack outbox: cannot count a message (%s)", type(err).__name__)
 
     def _depth(self) -> None:
-        if self._metrics is not None:
+        if self._metrics is None:
+            return
+        try:
             self._metrics.slack_queue_depth(len(self._queue))
+        except Exception as err:  # metrics must never stop the posting thread
+            log.error("Slack outbox: cannot report the queue depth (%s)", type(err).__name__)
 
 
 def _name(payload: Mapping[str, Any]) -> str:

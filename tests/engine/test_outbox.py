@@ -229,6 +229,69 @@ def test_a_full_queue_may_drop_the_head_while_it_waits_out_a_backoff(h: Harness)
     assert h.sample("aegisops_slack_messages_total", result="sent") == 2.0
 
 
+class DepthFailsOnce:
+    """Outbox metrics whose queue-depth gauge raises the first time it is set to 0."""
+
+    def __init__(self) -> None:
+        self.results: list[str] = []
+        self.failed = False
+
+    def slack_message(self, result: str) -> None:
+        self.results.append(result)
+
+    def slack_queue_depth(self, depth: int) -> None:
+        if depth == 0 and not self.failed:
+            self.failed = True
+            raise RuntimeError("gauge is broken")
+
+    def slack_dropped(self, reason: str) -> None:
+        raise AssertionError(reason)
+
+
+def test_a_metrics_error_never_stops_the_posting_thread(h: Harness) -> None:
+    slack, metrics = Scripted(), DepthFailsOnce()
+    box = Outbox(notifier=slack, metrics=metrics)
+    h.outboxes.append(box)
+    box.send(message(1))  # posted, then the depth gauge (0) raises in the posting thread
+    wait_until(lambda: metrics.failed and box.pending() == 0, timeout=10, message="message 1")
+    box.send(message(2))
+    box.close(timeout=10)
+    assert slack.bodies == ["message 1", "message 2"]
+    assert metrics.results == ["sent", "sent"]
+    assert ("ERROR", "Slack outbox: cannot report the queue depth (RuntimeError)") in h.lines()
+
+
+class ConfigFailsOnce(Scripted):
+    """A notifier whose settings the posting thread cannot read once (an error outside
+    `attempt`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+        self._config = slack_config()
+
+    @property  # type: ignore[override]
+    def config(self) -> SlackConfig:
+        if self.broken and threading.current_thread().name == "aegisops-slack":
+            self.broken = False
+            raise KeyError("timeout_seconds")
+        return self._config
+
+    @config.setter
+    def config(self, value: SlackConfig) -> None:
+        self._config = value
+
+
+def test_an_unexpected_error_in_the_thread_retries_the_head(h: Harness) -> None:
+    slack = ConfigFailsOnce()
+    box = scripted_outbox(h, slack, sleep=h.sleeps.append)
+    box.send(message(1))
+    box.close(timeout=10)
+    assert slack.bodies == ["message 1"]
+    assert h.sleeps == [1.0]
+    assert h.lines()[0] == ("ERROR", "Slack outbox: unexpected KeyError; trying again in 1 s")
+
+
 def test_close_twice_and_concurrent_senders(h: Harness) -> None:
     slack = Scripted()
     box = scripted_outbox(h, slack)
