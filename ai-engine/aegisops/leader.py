@@ -212,11 +212,12 @@ class LeaderElector:
             self._stopped = True
             self._renewed_at = None
         self._stop.set()
-        deadline = None if timeout is None else self._clock() + timeout
+        # A real wait, not election time: the injected clock has no say in it.
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
         if release:
-            left = -1.0 if deadline is None else max(0.0, deadline - self._clock())
+            left = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._lock.acquire(timeout=left):
                 log.warning(
                     "lease %s: not released: a renewal is still in flight after %ss",
