@@ -109,6 +109,9 @@ def _base_config(world: World, *, prometheus_url: str | None) -> dict[str, Any]:
             "threshold_quantile": 0.995,
             "retrain_every_samples": 1000,
             "max_training_samples": 1000,
+            # The session's world lives through many incidents in minutes: none of them is a
+            # new normal (the level-shift adaptation is unit-tested, not proven here).
+            "adapt_after_samples": 100_000,
         },
         "policy": {"consecutive_anomalies": 4, "cooldown_seconds": 600},
         "targets": [

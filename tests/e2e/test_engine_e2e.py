@@ -23,6 +23,7 @@ from e2e_engine import (
 )
 from e2e_world import last_seq
 
+from aegisops.memory import ANNOTATION_KEYS
 from sampleapp.profiles import Steady
 from sandbox.prometheus import PrometheusServer
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World
@@ -118,6 +119,7 @@ def test_surge_scales_once_then_cooldown_holds_across_a_restart(
         "aegisops.dev/original-replicas",
         "aegisops.dev/replicas-set",
     }
+    assert set(notes) == set(ANNOTATION_KEYS)  # ours not set are cleared (null)
     assert annotate.body["metadata"]["resourceVersion"]
     world.wait_for(lambda: world.replicas() == 2, timeout=30, message="2 live replicas")
 

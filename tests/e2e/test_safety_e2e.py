@@ -124,6 +124,8 @@ def test_two_engines_one_acts_the_other_takes_over_and_a_restart_still_scales_do
     assert taken["holderIdentity"] == "e2e-b" and taken["leaseTransitions"] >= 1
     # The new leader re-read the Deployment and found the cooldown a's record started.
     b.wait_lines(DECISION + r"none: .*cooldown until ", count=3, timeout=20, after=followed)
+    reread = [e for e in world.api.requests(user=SECOND_USER) if e.resource == "deployments"]
+    assert reread and {e.verb for e in reread} == {"get"}  # re-read on taking over, no write
     assert b.lines(DECISION + r"scale_up ") == []  # as a follower it only said what it would do
     assert b.lines(STANDBY + r"none: .*; scale_up 1->2 \(not applied: standby, not the leader\)$")
     assert scale_patches(world, after=mark, user=SECOND_USER) == []
