@@ -96,7 +96,9 @@ def test_two_engines_one_acts_the_other_takes_over_and_a_restart_still_scales_do
     calm_world: World, engines: list[EngineProcess], tmp_path: Path
 ) -> None:
     world, mark = calm_world, last_seq(calm_world)
-    policy = {"cooldown_seconds": 20, "verify_passes": 30}  # this test is not about verification
+    # A cooldown that outlasts the takeover, the restart and the surge's fading rate
+    # windows; verification is not what this test is about.
+    policy = {"cooldown_seconds": 30, "verify_passes": 30}
     a = start(world, engines, tmp_path, "a", policy=policy)
     a.wait_lines(rf"became leader \(lease {LEASE_REF}, identity e2e-a\)", timeout=30)
     b_dir = second_identity(world, tmp_path / "sa-b")
@@ -129,6 +131,7 @@ def test_two_engines_one_acts_the_other_takes_over_and_a_restart_still_scales_do
     assert b.lines(DECISION + r"scale_up ") == []  # as a follower it only said what it would do
     assert b.lines(STANDBY + r"none: .*; scale_up 1->2 \(not applied: standby, not the leader\)$")
     assert scale_patches(world, after=mark, user=SECOND_USER) == []
+    world.set_load(Steady(rps=10.0))  # the incident may end; the scale-down is c's
     assert b.stop() == 0
     assert b.lines(rf"released lease {LEASE_REF} \(identity e2e-b\)")
 
@@ -136,7 +139,6 @@ def test_two_engines_one_acts_the_other_takes_over_and_a_restart_still_scales_do
     c = start(world, engines, tmp_path, "c", policy=policy)
     c.wait_lines(rf"became leader \(lease {LEASE_REF}, identity e2e-c\)", timeout=30)
     c.wait_lines(DECISION + r"none: ", count=2, timeout=30)
-    world.set_load(Steady(rps=10.0))
     [down] = c.wait_lines(DECISION + r"scale_down 2->1: calm for \d+s; ", timeout=90)
     assert down.endswith("; scale_down 2->1 (original replicas)"), down
     assert c.lines(r"scale_up \d->\d") == []
@@ -308,8 +310,8 @@ def test_a_scale_up_that_does_not_ease_the_anomaly_stops_and_rolls_back(
     [gave_up] = engine.wait_lines(DECISION + r"give_up: ", timeout=40)
     assert re.search(
         r"give_up: .* \d+ samples after scale_up 1->2: scaling did not help "
-        r"\(p95 \+[\d.e+-]+s off baseline\); no more scale-ups this incident, "
-        r"rollback to 1 after the cooldown$",
+        r"\(p95 [\d.]+s at the scale_up, [\d.]+s now, baseline [\d.]+s\); "
+        r"no more scale-ups this incident, rollback to 1 after the cooldown$",
         gave_up,
     ), gave_up
     not_helping = wait_slack(world, f"AegisOps: Scaling did not help {WORKLOAD}: ")
