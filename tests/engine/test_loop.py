@@ -273,7 +273,7 @@ def test_an_hpa_on_the_deployment_means_alert_only() -> None:
     assert r.notifier.texts()[0].startswith("AegisOps: Anomaly on shop/web")
 
 
-def test_a_conflict_on_the_annotations_means_no_scale_and_a_retry_later(
+def test_a_conflict_on_the_record_re_reads_and_decides_again_once_in_the_same_pass(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -283,16 +283,51 @@ def test_a_conflict_on_the_annotations_means_no_scale_and_a_retry_later(
     r = rig(kube=kube)
     r.source.surge_from = T0
     results = r.passes(5, start=T0 + 1)
-    assert [p.actions for p in results] == [0, 0, 0, 1, 0]
-    assert r.kube.names().count("patch_annotations") == 2
-    assert r.kube.names().count("patch_scale") == 1
+    assert [p.actions for p in results] == [0, 0, 1, 0, 0]
+    assert r.kube.names() == [
+        "get_deployment",  # first seen
+        "hpa_targets",  # T0+3: the fresh read
+        "get_deployment",
+        "get_scale",
+        "patch_annotations",  # 409: someone wrote since
+        "hpa_targets",  # re-read, decide again (never a blind retry)
+        "get_deployment",
+        "get_scale",
+        "patch_annotations",
+        "patch_scale",
+    ]
+    assert r.kube.replicas == 2
     assert (
         "scale_up 1->2 failed (conflict): patch deployments shop/web: 409 Conflict" in caplog.text
     )
-    assert any("NOT applied (conflict)" in m for m in decisions(caplog))
+    assert "re-reading and deciding again after the conflict" in caplog.text
     labels = {"namespace": "shop", "deployment": "web", "action": "scale_up"}
     assert metric(r, "aegisops_actions_total", {**labels, "result": "conflict"}) == 1
     assert metric(r, "aegisops_actions_total", {**labels, "result": "applied"}) == 1
+
+
+def test_a_second_conflict_in_the_pass_gives_up_until_the_next_pass(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    conflict = Conflict("patch deployments shop/web: 409 Conflict")
+    r = rig(kube=FakeKube())
+    r.source.surge_from = T0
+    r.passes(2, start=T0 + 1)
+
+    class Always(dict):  # type: ignore[type-arg]
+        def pop(self, key: str, *default: Any) -> Any:
+            return conflict
+
+        def __contains__(self, key: object) -> bool:
+            return key == "patch_annotations"
+
+    r.kube.fail = Always()
+    [third] = r.passes(1, start=T0 + 3)
+    assert third.actions == 0
+    assert r.kube.names().count("patch_annotations") == 2
+    assert "patch_scale" not in r.kube.names()
+    assert any("NOT applied (conflict)" in m for m in decisions(caplog))
 
 
 def test_dry_run_changes_nothing_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
@@ -483,22 +518,24 @@ def test_untrainable_history_is_logged_and_the_workload_learns_live(
 
 
 @pytest.mark.parametrize(
-    ("fail", "errors"),
+    ("fail", "errors", "actions"),
     [
-        ({"hpa_targets": KubeUnavailable("list horizontalpodautoscalers: 503")}, 1),
-        ({"patch_annotations": Conflict("patch deployments shop/web: 409 Conflict")}, 1),
-        ({"patch_scale": KubeUnavailable("patch deployments/scale: 503")}, 1),
+        ({"hpa_targets": KubeUnavailable("list horizontalpodautoscalers: 503")}, 1, 0),
+        ({"patch_annotations": Conflict("patch deployments shop/web: 409 Conflict")}, 1, 1),
+        ({"patch_scale": KubeUnavailable("patch deployments/scale: 503")}, 1, 0),
     ],
 )
 def test_kubernetes_failures_count_as_pass_errors(
-    fail: dict[str, Exception], errors: int, caplog: pytest.LogCaptureFixture
+    fail: dict[str, Exception], errors: int, actions: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     r = rig(kube=FakeKube(fail=dict(fail)))
     r.source.surge_from = T0
     results = r.passes(3, start=T0 + 1)
     assert [p.errors for p in results] == [0, 0, errors]  # --once exits 1 on such a pass
-    assert re.search(rf"pass 3: 1 workloads, 1 anomalies, 0 actions, {errors} errors", caplog.text)
+    assert re.search(
+        rf"pass 3: 1 workloads, 1 anomalies, {actions} actions, {errors} errors", caplog.text
+    )
     assert metric(r, "aegisops_pass_errors_total", {"stage": "kubernetes"}) == errors
 
 
