@@ -94,6 +94,7 @@ class SlackConfig:
     max_retries: int
     max_retry_wait_seconds: float
     webhook: Secret | None  # from the env var named by webhook_env; None = Slack off
+    max_queue: int = 100  # messages the outbox holds; when full the oldest is dropped
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ SCHEMA: Schema = {
         "timeout_seconds": positive(5.0),
         "max_retries": count(3, minimum=0),
         "max_retry_wait_seconds": Field(float, 30.0, minimum=0),
+        "max_queue": count(100),
     },
     "kubernetes": {
         "mode": Field(str, "auto", choices=("auto", "incluster", "kubeconfig")),

@@ -223,9 +223,8 @@ class Engine:
         elif self.leading and not leading:
             log.warning("not the leader (any more): standby, no Kubernetes call, no Slack")
         self.leading = self.report.leading = leading
-        set_leader = getattr(self.metrics, "leader", None)
-        if callable(set_leader):
-            set_leader(leading)
+        if self.metrics is not None:
+            self.metrics.leader(leading)
 
     def _workload_pass(self, w: Workload, *, sample: Sample, now: float) -> Decision | None:
         key = w.target.key
@@ -326,7 +325,7 @@ class Engine:
         else:
             reason = "Prometheus answers again"
             log.warning("%s (alert %s)", reason, kind)
-        self.report.alert(kind, workload="", reason=reason, obs=None, dry=False)
+        self.report.alert(kind, workload=None, reason=reason, obs=None, dry=False)
 
     def _count_error(self, stage: str) -> None:
         if self.metrics is not None:

@@ -1,17 +1,23 @@
-"""Slack incoming webhook: Block Kit messages out, bounded retries, the URL never shown.
+"""Slack incoming webhook: one POST at a time, an in-order outbox, the URL never shown.
 
-`SlackNotifier.send(payload) -> bool` posts one message. 429 and 5xx (and network errors)
-are retried with backoff, honouring `Retry-After`, within `max_retries` and a total wait of
-`max_retry_wait_seconds`; 400/403/404/410 (and any other 4xx) are permanent: one log line
-with Slack's error text (`channel_is_archived`...), no retry. Without a webhook the notifier
-is off: it says so once and `send` returns False. requests' exceptions carry the URL, so only
-their type is ever logged. `send` never raises: an unusable URL (InvalidURL, urllib3's
-LocationParseError...) or any other surprise is logged by type and the message dropped, never
-retried. The whole send, posts and waits, is bounded by `deadline_seconds` (the CLI passes
-min(max_retry_wait_seconds, poll_interval_seconds)), so a Slack outage cannot stall a pass.
+`SlackNotifier.attempt(body) -> Attempt` is one POST: `sent`, `permanent` (400/403/404/410,
+any other 4xx, an unusable URL: retrying cannot help; `problem` holds Slack's error text such
+as `channel_is_archived`) or `retryable` (429 with its `Retry-After`, 5xx, network errors).
+requests' exceptions carry the URL, so only their type is ever put in `problem`.
 
-The builders (`anomaly_message`, `action_message`, `resolved_message`) are pure: plain values
-in, a payload with a `text` fallback and `blocks` out.
+`Outbox` is how the engine talks to Slack: `send(payload)` enqueues and returns at once, one
+daemon thread posts in order. A transient failure keeps the head message and retries it
+(Retry-After, else 1 s doubling; each wait capped at `slack.max_retry_wait_seconds`): never
+reordered, never skipped; a permanent rejection drops it with one log line. At most
+`slack.max_queue` messages wait: a new one beyond that drops the oldest (one log line naming
+it). `close(timeout)` posts what it can within the timeout, logs what was left, and stops.
+
+`SlackNotifier.send(payload) -> bool` is the older synchronous path (bounded retries within
+`max_retries`, `max_retry_wait_seconds` in total and `deadline_seconds`), kept for callers
+that have not moved to the outbox. Both never raise. Without a webhook Slack is off: the
+notifier says so once, and sending does nothing.
+
+The Block Kit builders live in `aegisops.messages` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,21 +25,76 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
 from aegisops.config import Secret, SlackConfig
+from aegisops.messages import (
+    MetricLine,
+    action_message,
+    alert_message,
+    anomaly_message,
+    describe_metrics,
+    format_value,
+    metric_lines,
+    resolved_message,
+)
+
+__all__ = [
+    "Attempt",
+    "MetricLine",
+    "Outbox",
+    "SlackNotifier",
+    "action_message",
+    "alert_message",
+    "anomaly_message",
+    "describe_metrics",
+    "encode",
+    "format_value",
+    "metric_lines",
+    "resolved_message",
+]
 
 log = logging.getLogger(__name__)
 
-PERMANENT = frozenset({400, 403, 404, 410})
 BACKOFF_SECONDS = 1.0  # first wait when Slack gives no Retry-After; doubles each retry
+MIN_WAIT_SECONDS = 0.1  # the outbox never retries faster, even with max_retry_wait_seconds 0
 RESULT_SENT, RESULT_FAILED, RESULT_DISABLED = "sent", "failed", "disabled"
-_PAST = {"scale_up": "scaled up", "scale_down": "scaled down"}
+SENT, PERMANENT_REJECTION, RETRYABLE = "sent", "permanent", "retryable"
+NAME_CHARS = 80  # how much of a message's text names it in the log
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one POST came to: `outcome` sent | permanent | retryable."""
+
+    outcome: str
+    problem: str = ""  # for the log: status and Slack's error text, never the URL
+    retry_after: float | None = None
+
+    def wait(self, failures: int) -> float:
+        """Seconds to wait before the next try: Retry-After, else 1 s doubling."""
+        if self.retry_after is not None:
+            return self.retry_after
+        return BACKOFF_SECONDS * 2 ** (failures - 1)
+
+
+def encode(payload: Mapping[str, Any]) -> bytes | None:
+    """The JSON body Slack gets; None (and one log line) when the payload is not valid JSON."""
+    try:
+        return json.dumps(payload, allow_nan=False, ensure_ascii=False).encode()
+    except (TypeError, ValueError):
+        log.error(
+            "Slack message dropped: the payload is not valid JSON "
+            "(NaN, Infinity or a type JSON cannot hold)"
+        )
+        return None
 
 
 class SlackNotifier:
@@ -80,31 +141,24 @@ class SlackNotifier:
     def _send(self, payload: Mapping[str, Any]) -> bool:
         if self._webhook is None:
             return self._done(RESULT_DISABLED)
-        try:
-            body = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode()
-        except (TypeError, ValueError):
-            log.error(
-                "Slack message dropped: the payload is not valid JSON "
-                "(NaN, Infinity or a type JSON cannot hold)"
-            )
+        body = encode(payload)
+        if body is None:
             return self._done(RESULT_FAILED)
         waited, started = 0.0, self._clock()
         attempts = self.config.max_retries + 1
         for attempt in range(1, attempts + 1):
-            status, problem, retry_after = self._post(self._webhook, body, timeout=self._timeout())
-            if 200 <= status < 300:
+            result = self.attempt(body, timeout=self._timeout())
+            if result.outcome == SENT:
                 return self._done(RESULT_SENT)
-            if status < 0:
-                log.error("%s; the message is dropped (not retried)", problem)
-                return self._done(RESULT_FAILED)
-            if status and not _retryable(status):
+            problem = result.problem
+            if result.outcome == PERMANENT_REJECTION:
                 log.error("%s; the message is dropped (not retried)", problem)
                 return self._done(RESULT_FAILED)
             if attempt == attempts:
                 tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
                 log.error("%s; the message is dropped after %s", problem, tries)
                 return self._done(RESULT_FAILED)
-            wait = retry_after if retry_after is not None else BACKOFF_SECONDS * 2 ** (attempt - 1)
+            wait = result.wait(attempt)
             if waited + wait > self.config.max_retry_wait_seconds:
                 budget = self.config.max_retry_wait_seconds
                 log.error(
@@ -130,6 +184,18 @@ class SlackNotifier:
             self._sleep(wait)
             waited += wait
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def attempt(self, body: bytes, *, timeout: float | None = None) -> Attempt:
+        """One POST of an encoded payload (see `encode`); never raises, never logs."""
+        if self._webhook is None:
+            return Attempt(PERMANENT_REJECTION, "Slack is off")
+        seconds = self.config.timeout_seconds if timeout is None else timeout
+        status, problem, retry_after = self._post(self._webhook, body, timeout=seconds)
+        if 200 <= status < 300:
+            return Attempt(SENT)
+        if status == 0 or _retryable(status):
+            return Attempt(RETRYABLE, problem, retry_after)
+        return Attempt(PERMANENT_REJECTION, problem)
 
     def _timeout(self) -> float:
         """The per-POST timeout, never longer than the whole send's deadline."""
@@ -184,181 +250,201 @@ def _retry_after(value: str | None) -> float | None:
     return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
-# --- messages ------------------------------------------------------------------------
+# --- the outbox ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MetricLine:
-    """One metric as seen now vs its baseline; direction "up"/"down" when it deviates."""
+class OutboxMetrics(Protocol):
+    """What the outbox reports (`aegisops.selfmetrics.SelfMetrics` has these)."""
 
-    metric: str
-    value: float
-    baseline: float | None = None
-    direction: str | None = None
+    def slack_message(self, result: str) -> None: ...
+    def slack_queue_depth(self, depth: int) -> None: ...
+    def slack_dropped(self, reason: str) -> None: ...
 
 
-def metric_lines(
-    *,
-    values: Mapping[str, float],
-    baseline: Mapping[str, float],
-    directions: Mapping[str, str],
-) -> tuple[MetricLine, ...]:
-    """Zip an observation's values, baseline and deviation directions into lines."""
-    return tuple(
-        MetricLine(
-            metric=metric,
-            value=value,
-            baseline=baseline.get(metric),
-            direction=directions.get(metric),
-        )
-        for metric, value in values.items()
-    )
+@dataclass(eq=False)
+class _Queued:
+    body: bytes
+    name: str  # the first NAME_CHARS characters of its text, for the log
+    failures: int = 0
+    backoffs: int = 0  # failures without a Retry-After: the exponent of the next backoff
 
 
-def format_value(metric: str, value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    if metric.endswith("_seconds"):
-        return f"{value * 1000:.0f} ms"
-    if metric.endswith("_bytes"):
-        return f"{value / 2**20:.1f} MiB"
-    if metric == "rps":
-        return f"{value:.2f} req/s"
-    return f"{value:g}"
+class Outbox:
+    """Posts messages in order from one daemon thread; `send` never blocks and never raises.
+
+    `sleep(seconds)` replaces the wait between retries (tests pass a recorder that returns at
+    once); by default the wait is interruptible by `close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        notifier: SlackNotifier,
+        max_queue: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+        metrics: OutboxMetrics | None = None,
+    ) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.notifier, self.max_queue = notifier, max_queue
+        self._clock, self._sleep, self._metrics = clock, sleep, metrics
+        self._queue: deque[_Queued] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._deadline = math.inf
+        self._thread: threading.Thread | None = None
+        if notifier.enabled:
+            self._thread = threading.Thread(target=self._run, name="aegisops-slack", daemon=True)
+            self._thread.start()
+
+    def send(self, payload: Mapping[str, Any]) -> None:
+        """Queue `payload` for posting; returns at once."""
+        try:
+            self._enqueue(payload)
+        except Exception as err:  # a notification must never stop the caller
+            log.error("Slack message dropped: unexpected %s", type(err).__name__)
+
+    def pending(self) -> int:
+        """Messages not posted yet (the one being posted included)."""
+        with self._cond:
+            return len(self._queue)
+
+    def close(self, timeout: float) -> None:
+        """Post what can be posted within `timeout` seconds, then stop the thread."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._deadline = self._clock() + max(timeout, 0.0)
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=max(timeout, 0.0) + self.notifier.config.timeout_seconds)
+        with self._cond:
+            left = len(self._queue)
+        if left:
+            noun = "message" if left == 1 else "messages"
+            log.warning("Slack outbox closed: %d %s left unsent", left, noun)
+        elif self._thread is not None:
+            log.info("Slack outbox closed: every message was posted")
+
+    def _enqueue(self, payload: Mapping[str, Any]) -> None:
+        if not self.notifier.enabled:
+            self._count(RESULT_DISABLED)
+            return
+        body = encode(payload)
+        if body is None:
+            self._count(RESULT_FAILED, dropped="permanent")
+            return
+        item = _Queued(body=body, name=_name(payload))
+        with self._cond:
+            if self._closing:
+                log.error('Slack outbox is closed: message dropped, "%s"', item.name)
+                self._count(RESULT_FAILED)
+                return
+            if len(self._queue) >= self.max_queue:
+                oldest = self._queue.popleft()
+                log.error(
+                    'Slack outbox full (%d messages): dropped the oldest, "%s"',
+                    self.max_queue,
+                    oldest.name,
+                )
+                self._count(RESULT_FAILED, dropped="queue_full")
+            self._queue.append(item)
+            self._depth()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            timeout = self._post_timeout()
+            try:
+                result = self.notifier.attempt(item.body, timeout=timeout)
+            except Exception as err:  # attempt never raises; stay alive regardless
+                result = Attempt(PERMANENT_REJECTION, f"unexpected {type(err).__name__}")
+            if result.outcome != RETRYABLE:
+                self._finish(item, result)
+                continue
+            wait = self._wait_for(item, result)
+            if item.failures == 1:
+                log.warning("%s; retrying in %g s, kept first in line", result.problem, wait)
+            else:
+                log.debug("%s; retry %d in %g s", result.problem, item.failures, wait)
+            if not self._pause(wait):
+                return
+
+    def _wait_for(self, item: _Queued, result: Attempt) -> float:
+        """Retry-After, else 1 s doubling; capped at max_retry_wait_seconds, floored at 0.1 s."""
+        item.failures += 1
+        wait = result.retry_after
+        if wait is None:
+            wait = BACKOFF_SECONDS * 2**item.backoffs
+            item.backoffs += 1
+        cap = self.notifier.config.max_retry_wait_seconds
+        return max(min(wait, cap), MIN_WAIT_SECONDS)
+
+    def _next(self) -> _Queued | None:
+        """The head message, once there is one; None when closing and it cannot be sent."""
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if not self._queue or self._clock() >= self._deadline:
+                return None
+            return self._queue[0]
+
+    def _finish(self, item: _Queued, result: Attempt) -> None:
+        """Sent or permanently rejected: off the queue (unless already dropped as the oldest)."""
+        with self._cond:
+            if self._queue and self._queue[0] is item:
+                self._queue.popleft()
+                self._depth()
+        if result.outcome == SENT:
+            if item.failures:
+                log.info('Slack message posted after %d retries: "%s"', item.failures, item.name)
+            self._count(RESULT_SENT)
+            return
+        log.error('%s; the message is dropped (not retried): "%s"', result.problem, item.name)
+        self._count(RESULT_FAILED, dropped="permanent")
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait before the next try; False when closing and the try would fall past the
+        deadline (the wait is cut short by `close`)."""
+        end = self._clock() + seconds
+        with self._cond:
+            if self._closing and end > self._deadline:
+                return False
+        if self._sleep is not None:
+            self._sleep(seconds)
+            return True
+        with self._cond:
+            while (remaining := end - self._clock()) > 0:
+                if self._closing and end > self._deadline:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def _post_timeout(self) -> float:
+        with self._cond:
+            left = self._deadline - self._clock()
+        return max(min(self.notifier.config.timeout_seconds, left), 0.001)
+
+    def _count(self, result: str, *, dropped: str | None = None) -> None:
+        if self._metrics is None:
+            return
+        try:
+            self._metrics.slack_message(result)
+            if dropped is not None:
+                self._metrics.slack_dropped(dropped)
+        except Exception as err:  # metrics must never stop the posting thread
+            log.error("Slack outbox: cannot count a message (%s)", type(err).__name__)
+
+    def _depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.slack_queue_depth(len(self._queue))
 
 
-def describe_metrics(lines: Iterable[MetricLine]) -> str:
-    """`rps 42.00 req/s (baseline 10.00 req/s) ▲ up`, one metric per line."""
-    out = []
-    for line in lines:
-        text = f"{line.metric} {format_value(line.metric, line.value)}"
-        if line.baseline is not None:
-            text += f" (baseline {format_value(line.metric, line.baseline)})"
-        if line.direction == "up":
-            text += " ▲ up"
-        elif line.direction == "down":
-            text += " ▼ down"
-        out.append(text)
-    return "\n".join(out)
-
-
-def anomaly_message(
-    *,
-    workload: str,
-    score: float,
-    threshold: float,
-    metrics: Sequence[MetricLine],
-    dry_run: bool,
-) -> dict[str, Any]:
-    """An anomaly was confirmed on `workload`."""
-    summary = f"Anomaly on {workload}: score {score:.2f} (threshold {threshold:.2f})"
-    fields = {
-        "Workload": f"`{workload}`",
-        "Anomaly score": f"{score:.2f} (threshold {threshold:.2f})",
-    }
-    return _message(
-        title=f":rotating_light: Anomaly on {workload}",
-        summary=summary,
-        fields=fields,
-        metrics=metrics,
-        dry_run=dry_run,
-    )
-
-
-def action_message(
-    *,
-    workload: str,
-    action: str,
-    replicas_before: int,
-    replicas_after: int,
-    reason: str,
-    score: float | None,
-    threshold: float | None,
-    metrics: Sequence[MetricLine],
-    dry_run: bool,
-) -> dict[str, Any]:
-    """AegisOps acted (or, in dry-run, would have acted) on `workload`."""
-    verb = action.replace("_", " ")
-    done = f"would {verb}" if dry_run else _PAST.get(action, verb)
-    icon = ":arrow_down:" if action == "scale_down" else ":arrow_up:"
-    change = f"{replicas_before} -> {replicas_after} replicas"
-    fields = {
-        "Workload": f"`{workload}`",
-        "Action": f"{action} ({'dry-run, not applied' if dry_run else 'applied'})",
-        "Replicas": f"{replicas_before} → {replicas_after}",
-        "Reason": reason,
-    }
-    if score is not None and threshold is not None:
-        fields["Anomaly score"] = f"{score:.2f} (threshold {threshold:.2f})"
-    return _message(
-        title=f"{icon} {workload}: {done} {change}",
-        summary=f"{workload}: {done} {change} ({reason})",
-        fields=fields,
-        metrics=metrics,
-        dry_run=dry_run,
-    )
-
-
-def resolved_message(
-    *,
-    workload: str,
-    duration_seconds: float | None,
-    replicas: int | None,
-    metrics: Sequence[MetricLine],
-    dry_run: bool,
-) -> dict[str, Any]:
-    """The anomaly on `workload` is over."""
-    fields = {"Workload": f"`{workload}`"}
-    if duration_seconds is not None:
-        fields["Lasted"] = _duration(duration_seconds)
-    if replicas is not None:
-        fields["Replicas"] = str(replicas)
-    lasted = f" after {_duration(duration_seconds)}" if duration_seconds is not None else ""
-    return _message(
-        title=f":white_check_mark: Resolved on {workload}",
-        summary=f"Resolved on {workload}{lasted}",
-        fields=fields,
-        metrics=metrics,
-        dry_run=dry_run,
-    )
-
-
-def _message(
-    *,
-    title: str,
-    summary: str,
-    fields: Mapping[str, str],
-    metrics: Sequence[MetricLine],
-    dry_run: bool,
-) -> dict[str, Any]:
-    marker = "[DRY-RUN] " if dry_run else ""
-    blocks: list[dict[str, Any]] = [
-        {
-            "type": "header",
-            "text": {"type": "plain_text", "text": (marker + title)[:150], "emoji": True},
-        },
-        {
-            "type": "section",
-            "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields.items()],
-        },
-    ]
-    if metrics:
-        blocks.append(
-            {
-                "type": "section",
-                "text": {
-                    "type": "mrkdwn",
-                    "text": "*Metrics vs baseline*\n```" + describe_metrics(metrics) + "```",
-                },
-            }
-        )
-    context = "AegisOps"
-    if dry_run:
-        context = "*DRY-RUN*: nothing was changed in the cluster · AegisOps"
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
-    return {"text": f"{marker}AegisOps: {summary}", "blocks": blocks}
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+def _name(payload: Mapping[str, Any]) -> str:
+    text = str(payload.get("text", "")).replace("\n", " ")
+    return text[:NAME_CHARS]

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aegisops import notify
+from aegisops import messages
 from aegisops.detector import METRICS, Observation
 from aegisops.policy import Decision
 
@@ -19,15 +19,6 @@ if TYPE_CHECKING:
     from aegisops.selfmetrics import SelfMetrics
 
 log = logging.getLogger("aegisops.loop")
-
-
-def alert_message(
-    *, kind: str, workload: str, reason: str, metrics: Any, dry_run: bool
-) -> dict[str, Any]:
-    """Stand-in for `aegisops.messages.alert_message` (i5-notify) until it lands."""
-    marker = "[DRY-RUN] " if dry_run else ""
-    where = f" on {workload}" if workload else ""
-    return {"text": f"{marker}AegisOps: {kind}{where}: {reason}"}
 
 
 class Reporter:
@@ -83,7 +74,7 @@ class Reporter:
 
     def anomaly(self, w: Workload, *, obs: Observation) -> None:
         self.send(
-            notify.anomaly_message,
+            messages.anomaly_message,
             w,
             obs=obs,
             score=obs.score or 0.0,
@@ -92,7 +83,7 @@ class Reporter:
 
     def resolved(self, w: Workload, *, obs: Observation, duration_seconds: float | None) -> None:
         self.send(
-            notify.resolved_message,
+            messages.resolved_message,
             w,
             obs=obs,
             replicas=w.replicas,
@@ -101,7 +92,7 @@ class Reporter:
 
     def action(self, w: Workload, *, obs: Observation, decision: Decision, dry: bool) -> None:
         self.send(
-            notify.action_message,
+            messages.action_message,
             w,
             obs=obs,
             dry=dry,
@@ -114,13 +105,14 @@ class Reporter:
         )
 
     def alert(
-        self, kind: str, *, workload: str, reason: str, obs: Observation | None, dry: bool
+        self, kind: str, *, workload: str | None, reason: str, obs: Observation | None, dry: bool
     ) -> None:
-        """One alert message (`decision.alert` kinds, missing data, caps, forbidden)."""
+        """One alert message (`decision.alert` kinds, missing data, caps, forbidden);
+        `workload` None: about the whole engine (Prometheus down)."""
         if not self.leading:
             return
         try:
-            payload = alert_message(
+            payload = messages.alert_message(
                 kind=kind,
                 workload=workload,
                 reason=reason,
@@ -129,7 +121,9 @@ class Reporter:
             )
             self.notifier.send(payload)
         except Exception as err:  # the type only: an error may carry the webhook URL
-            log.error("Slack notification failed (%s)", type(err).__name__, extra=_on(workload))
+            log.error(
+                "Slack notification failed (%s)", type(err).__name__, extra=_on(workload or "")
+            )
 
     def send(
         self,
@@ -161,7 +155,7 @@ def _on(key: str) -> dict[str, Any]:
 
 def seen(obs: Observation) -> str:
     """`rps=9.00 req/s (baseline 9.89 req/s) p95_latency_seconds=73 ms (baseline 74 ms) ...`"""
-    show, base = notify.format_value, obs.baseline
+    show, base = messages.format_value, obs.baseline
     return " ".join(
         f"{m}={show(m, obs.values.get(m))}"
         + (f" (baseline {show(m, base[m])})" if m in base else "")
@@ -175,7 +169,7 @@ def score_text(obs: Observation) -> str:
     return f"score {obs.score:.2f} vs threshold {obs.threshold:.2f}"
 
 
-def metric_lines(obs: Observation) -> tuple[notify.MetricLine, ...]:
+def metric_lines(obs: Observation) -> tuple[messages.MetricLine, ...]:
     directions = {d.metric: d.direction for d in obs.deviations}
     values: dict[str, Any] = {m: obs.values.get(m, float("nan")) for m in METRICS}
-    return notify.metric_lines(values=values, baseline=obs.baseline, directions=directions)
+    return messages.metric_lines(values=values, baseline=obs.baseline, directions=directions)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 WORKLOAD = ("namespace", "deployment")
 SLACK_RESULTS = ("sent", "failed", "disabled")
+SLACK_DROP_REASONS = ("permanent", "queue_full")
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -86,6 +87,20 @@ class SelfMetrics:
         )
         for result in SLACK_RESULTS:
             self.slack_messages.labels(result)
+        self.slack_queue = Gauge(
+            "aegisops_slack_queue_depth", "Slack messages waiting in the outbox", registry=r
+        )
+        self.slack_drops = Counter(
+            "aegisops_slack_dropped_total",
+            "Slack messages dropped by the outbox, by reason (permanent|queue_full)",
+            ("reason",),
+            registry=r,
+        )
+        for reason in SLACK_DROP_REASONS:
+            self.slack_drops.labels(reason)
+        self.leading = Gauge(
+            "aegisops_leader", "1 while this engine holds the leader lease", registry=r
+        )
 
     # -- what the loop reports ---------------------------------------------------------
 
@@ -112,6 +127,19 @@ class SelfMetrics:
     def slack_message(self, result: str) -> None:
         """Wire as `SlackNotifier(on_result=metrics.slack_message)`."""
         self.slack_messages.labels(result).inc()
+
+    def slack_queue_depth(self, depth: int) -> None:
+        """Wire as `Outbox(metrics=...)`, with `slack_dropped` and `slack_message`."""
+        self.slack_queue.set(depth)
+
+    def slack_dropped(self, reason: str) -> None:
+        if reason not in SLACK_DROP_REASONS:
+            raise ValueError(f"drop reason must be one of {SLACK_DROP_REASONS}, got {reason!r}")
+        self.slack_drops.labels(reason).inc()
+
+    def leader(self, held: bool) -> None:
+        """Whether this engine holds the lease now (1) or stands by (0)."""
+        self.leading.set(1 if held else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

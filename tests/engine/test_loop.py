@@ -340,7 +340,7 @@ def test_dry_run_changes_nothing_and_says_so(caplog: pytest.LogCaptureFixture) -
     [marked] = [m for m in decisions(caplog) if m.startswith("**DRY-RUN** ")]
     assert "-> scale_up 1->2: " in marked
     texts = r.notifier.texts()
-    assert texts[1].startswith("[DRY-RUN] AegisOps: shop/web: would scale up 1 -> 2 replicas")
+    assert texts[1].startswith("[DRY-RUN] AegisOps: shop/web: would have scaled up 1 -> 2 replicas")
     labels = {"namespace": "shop", "deployment": "web", "action": "scale_up", "result": "dry_run"}
     assert metric(r, "aegisops_actions_total", labels) == 1
 

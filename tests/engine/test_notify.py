@@ -1,4 +1,4 @@
-"""SlackNotifier over HTTP against the sandbox Slack receiver; the pure message builders."""
+"""SlackNotifier over HTTP against the sandbox Slack receiver: one attempt, the synchronous send."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from aegisops.config import Secret, SlackConfig
-from aegisops.notify import (
-    MetricLine,
-    SlackNotifier,
-    action_message,
-    anomaly_message,
-    metric_lines,
-    resolved_message,
-)
+from aegisops.messages import MetricLine, alert_message, anomaly_message, resolved_message
+from aegisops.notify import Attempt, SlackNotifier, encode
 from sandbox.slack import WEBHOOK_PATH, SlackReceiver
 
 PAYLOAD = {
@@ -268,149 +262,37 @@ def test_without_a_webhook_slack_is_off_and_says_so_once(
     ]
 
 
-# --- messages ---------------------------------------------------------------------------
-
-METRICS = (
-    MetricLine(metric="rps", value=42.0, baseline=10.0, direction="up"),
-    MetricLine(metric="p95_latency_seconds", value=0.85, baseline=0.12, direction="up"),
-    MetricLine(metric="memory_bytes", value=150 * 2**20, baseline=148 * 2**20),
-)
-METRICS_TEXT = (
-    "*Metrics vs baseline*\n```"
-    "rps 42.00 req/s (baseline 10.00 req/s) ▲ up\n"
-    "p95_latency_seconds 850 ms (baseline 120 ms) ▲ up\n"
-    "memory_bytes 150.0 MiB (baseline 148.0 MiB)```"
-)
-
-
-def test_metric_lines_zip_values_baseline_and_directions() -> None:
-    assert (
-        metric_lines(
-            values={"rps": 42.0, "p95_latency_seconds": 0.85, "memory_bytes": 150 * 2**20},
-            baseline={"rps": 10.0, "p95_latency_seconds": 0.12, "memory_bytes": 148 * 2**20},
-            directions={"rps": "up", "p95_latency_seconds": "up"},
-        )
-        == METRICS
-    )
-
-
-def test_anomaly_message() -> None:
-    message = anomaly_message(
-        workload="aegisops/aegisops-app", score=0.87, threshold=0.5, metrics=METRICS, dry_run=False
-    )
-    assert message == {
-        "text": "AegisOps: Anomaly on aegisops/aegisops-app: score 0.87 (threshold 0.50)",
-        "blocks": [
-            {
-                "type": "header",
-                "text": {
-                    "type": "plain_text",
-                    "text": ":rotating_light: Anomaly on aegisops/aegisops-app",
-                    "emoji": True,
-                },
-            },
-            {
-                "type": "section",
-                "fields": [
-                    {"type": "mrkdwn", "text": "*Workload*\n`aegisops/aegisops-app`"},
-                    {"type": "mrkdwn", "text": "*Anomaly score*\n0.87 (threshold 0.50)"},
-                ],
-            },
-            {"type": "section", "text": {"type": "mrkdwn", "text": METRICS_TEXT}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": "AegisOps"}]},
-        ],
-    }
-
-
-def test_action_message_in_dry_run_is_marked() -> None:
-    message = action_message(
-        workload="aegisops/aegisops-app",
-        action="scale_up",
-        replicas_before=1,
-        replicas_after=2,
-        reason="3 anomalous samples in a row; rps up, p95 up",
-        score=0.87,
-        threshold=0.5,
-        metrics=METRICS[:1],
-        dry_run=True,
-    )
-    assert message["text"] == (
-        "[DRY-RUN] AegisOps: aegisops/aegisops-app: would scale up 1 -> 2 replicas "
-        "(3 anomalous samples in a row; rps up, p95 up)"
-    )
-    assert message["blocks"][0]["text"]["text"] == (
-        "[DRY-RUN] :arrow_up: aegisops/aegisops-app: would scale up 1 -> 2 replicas"
-    )
-    assert message["blocks"][1]["fields"] == [
-        {"type": "mrkdwn", "text": "*Workload*\n`aegisops/aegisops-app`"},
-        {"type": "mrkdwn", "text": "*Action*\nscale_up (dry-run, not applied)"},
-        {"type": "mrkdwn", "text": "*Replicas*\n1 → 2"},
-        {"type": "mrkdwn", "text": "*Reason*\n3 anomalous samples in a row; rps up, p95 up"},
-        {"type": "mrkdwn", "text": "*Anomaly score*\n0.87 (threshold 0.50)"},
+def test_one_attempt_says_what_happened(slack: SlackReceiver, rec: Recorder) -> None:
+    sender = notifier(slack.url, rec)
+    body = encode(PAYLOAD)
+    assert body is not None
+    slack.script(429, retry_after=7)
+    slack.script(500)
+    slack.script(410)
+    assert [sender.attempt(body) for _ in range(4)] == [
+        Attempt("retryable", "Slack answered HTTP 429 rate_limited", 7.0),
+        Attempt("retryable", "Slack answered HTTP 500 rollup_error"),
+        Attempt("permanent", "Slack answered HTTP 410 channel_is_archived"),
+        Attempt("sent"),
     ]
-    assert message["blocks"][-1] == {
-        "type": "context",
-        "elements": [
-            {"type": "mrkdwn", "text": "*DRY-RUN*: nothing was changed in the cluster · AegisOps"}
-        ],
-    }
+    assert slack.messages() == [PAYLOAD]
+    assert rec.results == []  # attempt reports nothing: its caller decides
 
 
-def test_action_message_applied() -> None:
-    message = action_message(
-        workload="shop/api",
-        action="scale_up",
-        replicas_before=2,
-        replicas_after=3,
-        reason="p95 up",
-        score=None,
-        threshold=None,
-        metrics=(),
-        dry_run=False,
-    )
-    assert message["text"] == "AegisOps: shop/api: scaled up 2 -> 3 replicas (p95 up)"
-    assert [b["type"] for b in message["blocks"]] == ["header", "section", "context"]
-    assert message["blocks"][1]["fields"][1] == {
-        "type": "mrkdwn",
-        "text": "*Action*\nscale_up (applied)",
-    }
-
-
-def test_resolved_message() -> None:
-    message = resolved_message(
-        workload="shop/api", duration_seconds=305.4, replicas=3, metrics=(), dry_run=False
-    )
-    assert message == {
-        "text": "AegisOps: Resolved on shop/api after 5 min 5 s",
-        "blocks": [
-            {
-                "type": "header",
-                "text": {
-                    "type": "plain_text",
-                    "text": ":white_check_mark: Resolved on shop/api",
-                    "emoji": True,
-                },
-            },
-            {
-                "type": "section",
-                "fields": [
-                    {"type": "mrkdwn", "text": "*Workload*\n`shop/api`"},
-                    {"type": "mrkdwn", "text": "*Lasted*\n5 min 5 s"},
-                    {"type": "mrkdwn", "text": "*Replicas*\n3"},
-                ],
-            },
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": "AegisOps"}]},
-        ],
-    }
+def test_backoff_doubles_unless_slack_says_when() -> None:
+    assert [Attempt("retryable").wait(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert Attempt("retryable", retry_after=30.0).wait(3) == 30.0
 
 
 def test_built_messages_are_accepted_by_the_receiver(slack: SlackReceiver, rec: Recorder) -> None:
     sender = notifier(slack.url, rec)
+    metrics = (MetricLine(metric="rps", value=42.0, baseline=10.0, direction="up"),)
     built = [
-        anomaly_message(workload="a/b", score=0.9, threshold=0.5, metrics=METRICS, dry_run=True),
+        anomaly_message(workload="a/b", score=0.9, threshold=0.5, metrics=metrics, dry_run=True),
         resolved_message(
             workload="a/b", duration_seconds=None, replicas=None, metrics=(), dry_run=False
         ),
+        alert_message(kind="prometheus_down", workload=None, reason="3 passes failed"),
     ]
-    assert [sender.send(m) for m in built] == [True, True]
+    assert [sender.send(m) for m in built] == [True, True, True]
     assert slack.messages() == built

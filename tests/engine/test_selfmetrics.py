@@ -61,6 +61,10 @@ def test_metrics_are_named_as_designed(server: HealthServer, metrics: SelfMetric
     metrics.pass_done(duration_seconds=7.0)
     metrics.pass_error(stage="query")
     metrics.slack_message("sent")
+    metrics.slack_queue_depth(4)
+    metrics.slack_dropped("queue_full")
+    metrics.slack_dropped("queue_full")
+    metrics.leader(True)
     app = (("deployment", "aegisops-app"), ("namespace", "aegisops"))
     api = (("deployment", "api"), ("namespace", "shop"))
     got = samples(server)
@@ -85,7 +89,25 @@ def test_metrics_are_named_as_designed(server: HealthServer, metrics: SelfMetric
         ("aegisops_slack_messages_total", (("result", "sent"),)): 1.0,
         ("aegisops_slack_messages_total", (("result", "failed"),)): 0.0,
         ("aegisops_slack_messages_total", (("result", "disabled"),)): 0.0,
+        ("aegisops_slack_queue_depth", ()): 4.0,
+        ("aegisops_slack_dropped_total", (("reason", "permanent"),)): 0.0,
+        ("aegisops_slack_dropped_total", (("reason", "queue_full"),)): 2.0,
+        ("aegisops_leader", ()): 1.0,
     }
+
+
+def test_leader_gauge_follows_the_lease(metrics: SelfMetrics) -> None:
+    assert metrics.registry.get_sample_value("aegisops_leader") == 0.0  # standby until told
+    metrics.leader(True)
+    assert metrics.registry.get_sample_value("aegisops_leader") == 1.0
+    metrics.leader(False)
+    assert metrics.registry.get_sample_value("aegisops_leader") == 0.0
+
+
+def test_unknown_drop_reason_is_a_clear_error(metrics: SelfMetrics) -> None:
+    with pytest.raises(ValueError) as info:
+        metrics.slack_dropped("full")
+    assert str(info.value) == ("drop reason must be one of ('permanent', 'queue_full'), got 'full'")
 
 
 def test_each_instance_has_its_own_registry(clock: Clock) -> None:
