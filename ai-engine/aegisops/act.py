@@ -203,7 +203,8 @@ class Actor:
             if fresh is None:
                 if first.action not in ACTIONS:
                     return first
-                return unapplied(first, why="cannot read the cluster")
+                busy = self.backoff.active
+                return unapplied(first, why="Kubernetes API backoff" if busy else "cannot read")
             decision = self._decide(w, fresh, state=state, obs=obs, now=now)
             if decision.action not in ACTIONS:
                 return decision

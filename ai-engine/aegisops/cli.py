@@ -30,7 +30,7 @@ from aegisops.config import Config, ConfigError, load_config
 from aegisops.kube import KubeClient, KubeError
 from aegisops.logs import setup_logging, utc_timestamp
 from aegisops.loop import Engine
-from aegisops.notify import SlackNotifier
+from aegisops.notify import Outbox, SlackNotifier
 from aegisops.policy import Limits
 from aegisops.prometheus import PrometheusSource
 from aegisops.selfmetrics import HealthServer, SelfMetrics, stale_after
@@ -38,6 +38,7 @@ from aegisops.selfmetrics import HealthServer, SelfMetrics, stale_after
 log = logging.getLogger("aegisops")
 DEFAULT_CONFIG = "/etc/aegisops/config.yaml"
 CONFIG_RECHECK_SECONDS = 2.0
+SHUTDOWN_FLUSH_SECONDS = 5.0  # at most this long (or one poll interval) to flush Slack on exit
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # (verb, group, resource, subresource): every call the engine makes (docs/design.md).
 KUBE_CALLS = (
@@ -177,13 +178,9 @@ def serve(config: Config, *, env: Mapping[str, str], once: bool, stop: threading
         "kubernetes: %s auth against %s (%s)", kube.auth.mode, kube.auth.host, kube.auth.source
     )
     source = PrometheusSource(config=config.prometheus, targets=[t.key for t in config.targets])
-    notifier = SlackNotifier(
-        config=config.slack,
-        webhook=config.slack.webhook,
-        on_result=metrics.slack_message,
-        deadline_seconds=min(config.slack.max_retry_wait_seconds, config.poll_interval_seconds),
-    )
-    engine = Engine(config=config, source=source, kube=kube, notifier=notifier, metrics=metrics)
+    notifier = SlackNotifier(config=config.slack, webhook=config.slack.webhook)
+    outbox = Outbox(notifier=notifier, max_queue=config.slack.max_queue, metrics=metrics)
+    engine = Engine(config=config, source=source, kube=kube, notifier=outbox, metrics=metrics)
     try:
         metrics.set_ready(True)
         if once:
@@ -194,6 +191,8 @@ def serve(config: Config, *, env: Mapping[str, str], once: bool, stop: threading
         log.info("stopping after %d passes", engine.passes)
         return EXIT_OK
     finally:
+        # SIGTERM: the pass is finished; flush Slack within a bounded time, then close
+        outbox.close(timeout=min(SHUTDOWN_FLUSH_SECONDS, config.poll_interval_seconds))
         health.stop()
         source.close()
         kube.close()

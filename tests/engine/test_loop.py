@@ -9,188 +9,28 @@ import logging
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pytest
+from engine_fakes import (
+    ACTING,
+    BASELINE,
+    KEY,
+    T0,
+    FakeKube,
+    FakeLeader,
+    FakeNotifier,
+    FakeSource,
+    decisions,
+    make_config,
+    metric,
+    rig,
+)
 
-from aegisops.config import Config, parse_config
-from aegisops.kube import Conflict, DeploymentInfo, KubeUnavailable, ScaleInfo
+from aegisops.kube import Conflict, KubeUnavailable, ScaleInfo
 from aegisops.loop import Engine
 from aegisops.policy import COOLDOWN_UNTIL, LAST_ACTION, ORIGINAL_REPLICAS, format_time
-from aegisops.prometheus import History, PrometheusUnavailable, Sample
-from aegisops.selfmetrics import SelfMetrics
-
-KEY = "shop/web"
-T0 = 1_800_000_000.0
-BASELINE = 40
-NORMAL = (10.0, 0.05, 25e6)
-SURGE = (40.0, 0.6, 25e6)
-ACTING = ["hpa_targets", "get_deployment", "get_scale", "patch_annotations", "patch_scale"]
-"""The calls one action costs, in order: HPA check, fresh Deployment and Scale, record, scale."""
-
-
-def make_config(**overrides: Any) -> Config:
-    raw: dict[str, Any] = {
-        "poll_interval_seconds": 1,
-        "prometheus": {"url": "http://127.0.0.1:9", "history_lookback_seconds": 100},
-        "detector": {
-            "baseline_samples": BASELINE,
-            "cold_start_seconds": 0,
-            "n_estimators": 40,
-            "max_samples": 32,
-            "seed": 3,
-        },
-        "policy": {"consecutive_anomalies": 3, "cooldown_seconds": 300},
-        "targets": [{"namespace": "shop", "deployment": "web", "max_replicas": 4}],
-        "server": {"port": 0},
-    }
-    raw.update(overrides)
-    return parse_config(raw, env={})
-
-
-def noisy(rng: np.random.Generator, centre: tuple[float, float, float]) -> np.ndarray:
-    scale = np.array([0.4, 0.002, 2e4])
-    return np.asarray(centre) + rng.normal(0.0, 1.0, 3) * scale
-
-
-class FakeSource:
-    """Stands in for PrometheusSource: a scripted profile per time, or an outage."""
-
-    def __init__(self, *, history_samples: int = BASELINE + 10, seed: int = 1) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.history_samples = history_samples
-        self.surge_from = float("inf")
-        self.down = False
-        self.calls: list[str] = []
-
-    def history(self, *, start: float, end: float, step: float) -> dict[str, History]:
-        self.calls.append("history")
-        if self.down:
-            raise PrometheusUnavailable("query_range rps: cannot connect to Prometheus")
-        n = self.history_samples
-        t = np.arange(end - n * step, end, step)[:n] + step
-        X = np.array([noisy(self.rng, NORMAL) for _ in range(n)]).reshape(n, 3)
-        return {KEY: History(timestamps=t, X=X)}
-
-    def sample(self, now: float) -> Sample:
-        self.calls.append("sample")
-        if self.down:
-            raise PrometheusUnavailable("query rps: cannot connect to Prometheus at http://x")
-        centre = SURGE if now >= self.surge_from else NORMAL
-        return Sample(t=now, values={KEY: noisy(self.rng, centre)})
-
-
-@dataclass
-class FakeKube:
-    """Stands in for KubeClient: one Deployment's annotations, version and replicas."""
-
-    annotations: dict[str, str] = field(default_factory=dict)
-    replicas: int = 1
-    rv: int = 7
-    hpas: set[str] = field(default_factory=set)
-    fail: dict[str, Exception] = field(default_factory=dict)
-    calls: list[tuple[str, Any]] = field(default_factory=list)
-
-    def _call(self, name: str, arg: Any = None) -> None:
-        self.calls.append((name, arg))
-        if name in self.fail:
-            raise self.fail.pop(name)
-
-    def get_deployment(self, *, namespace: str, name: str) -> DeploymentInfo:
-        self._call("get_deployment")
-        return DeploymentInfo(
-            annotations=dict(self.annotations),
-            resource_version=str(self.rv),
-            replicas=self.replicas,
-        )
-
-    def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
-        self._call("get_scale")
-        return ScaleInfo(replicas=self.replicas, resource_version=str(self.rv))
-
-    def hpa_targets(self, *, namespace: str) -> set[str]:
-        self._call("hpa_targets")
-        return set(self.hpas)
-
-    def patch_annotations(
-        self,
-        *,
-        namespace: str,
-        name: str,
-        annotations: Mapping[str, str | None],
-        resource_version: str,
-    ) -> DeploymentInfo:
-        self._call("patch_annotations", dict(annotations))
-        if resource_version != str(self.rv):
-            raise Conflict("patch deployments shop/web: 409 Conflict")
-        for key, value in annotations.items():
-            if value is None:
-                self.annotations.pop(key, None)
-            else:
-                self.annotations[key] = value
-        self.rv += 1
-        rv, replicas = str(self.rv), self.replicas
-        return DeploymentInfo(
-            annotations=dict(self.annotations), resource_version=rv, replicas=replicas
-        )
-
-    def patch_scale(self, *, namespace: str, name: str, replicas: int) -> ScaleInfo:
-        self._call("patch_scale", replicas)
-        self.replicas = replicas
-        self.rv += 1
-        return ScaleInfo(replicas=replicas, resource_version=str(self.rv))
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.calls]
-
-
-@dataclass
-class FakeNotifier:
-    sent: list[dict[str, Any]] = field(default_factory=list)
-
-    def send(self, payload: Mapping[str, Any]) -> bool:
-        self.sent.append(dict(payload))
-        return True
-
-    def texts(self) -> list[str]:
-        return [p["text"] for p in self.sent]
-
-
-@dataclass
-class Rig:
-    engine: Engine
-    source: FakeSource
-    kube: FakeKube
-    notifier: FakeNotifier
-    metrics: SelfMetrics
-
-    def passes(self, count: int, *, start: float) -> list[Any]:
-        return [self.engine.run_pass(start + i) for i in range(count)]
-
-
-def rig(*, kube: FakeKube | None = None, config: Config | None = None) -> Rig:
-    source, kube, notifier = FakeSource(), kube or FakeKube(), FakeNotifier()
-    metrics = SelfMetrics(stale_after_seconds=60, clock=lambda: T0)
-    engine = Engine(
-        config=config or make_config(),
-        source=source,  # type: ignore[arg-type]
-        kube=kube,  # type: ignore[arg-type]
-        notifier=notifier,  # type: ignore[arg-type]
-        metrics=metrics,
-        clock=lambda: T0,
-    )
-    engine.train_from_history(now=T0)
-    return Rig(engine=engine, source=source, kube=kube, notifier=notifier, metrics=metrics)
-
-
-def decisions(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if getattr(r, "workload", None) == KEY]
-
-
-def metric(r: Rig, name: str, labels: dict[str, str] | None = None) -> float | None:
-    return r.metrics.registry.get_sample_value(name, labels or {})
+from aegisops.prometheus import History, Sample
 
 
 def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
@@ -656,3 +496,96 @@ def test_the_quiet_path_makes_no_calls_with_scale_down_enabled(hpas: set[str]) -
     calls = len(r.kube.names())
     r.passes(25, start=T0 + 31)
     assert len(r.kube.names()) == calls + (3 if hpas else 0)  # hpa re-checked once (30 s)
+
+
+def test_missing_data_alerts_once_after_n_passes_and_once_when_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig()
+    r.passes(2, start=T0 + 1)
+    r.source.no_data = {KEY}
+    results = r.passes(5, start=T0 + 3)
+    assert sum(p.actions for p in results) == 0
+    assert r.notifier.texts() == [
+        "AegisOps: No metrics for shop/web: no data for 3 passes in a row; "
+        "no action is taken without data"
+    ]
+    assert (
+        "no data for 3 passes in a row; no action is taken without data (alert metrics_missing)"
+        in caplog.text
+    )
+    assert sum(m.endswith("-> none: no data") for m in decisions(caplog)) == 5
+    r.source.no_data = set()
+    r.passes(3, start=T0 + 8)
+    assert r.notifier.texts()[1:] == ["AegisOps: Metrics are back for shop/web: data is back"]
+
+
+def test_a_short_gap_in_the_data_says_nothing() -> None:
+    r = rig()
+    r.source.no_data = {KEY}
+    r.passes(2, start=T0 + 1)
+    r.source.no_data = set()
+    r.passes(3, start=T0 + 3)
+    assert r.notifier.texts() == []
+
+
+def test_prometheus_down_alerts_once_after_n_passes_and_once_when_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig()
+    r.source.down = True
+    results = r.passes(6, start=T0 + 1)
+    assert [p.errors for p in results] == [1] * 6
+    assert r.kube.calls == []
+    assert r.notifier.texts() == [
+        "AegisOps: Prometheus is unreachable: Prometheus queries failed 3 passes in a row; "
+        "no decisions meanwhile"
+    ]
+    r.source.down = False
+    r.passes(2, start=T0 + 7)
+    assert r.notifier.texts()[1:] == ["AegisOps: Prometheus is back: Prometheus answers again"]
+    assert "Prometheus answers again (alert prometheus_back)" in caplog.text
+
+
+def test_a_follower_scores_and_decides_but_makes_no_call_and_sends_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    leader = FakeLeader(leader=False)
+    r = rig(leader=leader)
+    r.source.surge_from = T0
+    results = r.passes(6, start=T0 + 1)
+    assert [p.actions for p in results] == [0] * 6
+    assert r.kube.calls == [] and r.notifier.sent == []
+    lines = decisions(caplog)
+    assert all(m.startswith("standby ") for m in lines[1:])
+    assert any(m.endswith("NOT applied (standby, not the leader)") for m in lines)
+    assert metric(r, "aegisops_leader") == 0
+    assert re.search(r"standby pass 6: 1 workloads, 1 anomalies, 0 actions", caplog.text)
+    # another engine (the old leader) scaled meanwhile; this one takes over the lease
+    r.kube.annotations.update(acted_a_minute_ago())
+    r.kube.replicas = 2
+    leader.leader = True
+    r.passes(3, start=T0 + 7)
+    assert "became leader: re-reading every Deployment before acting" in caplog.text
+    assert r.kube.names() == ["get_deployment"]  # re-read: the cooldown holds, no action
+    assert "cooldown until " + format_time(T0 + 240) in decisions(caplog)[-1]
+    assert metric(r, "aegisops_leader") == 1
+
+
+def test_becoming_leader_drops_the_cached_facts_and_losing_it_stops_the_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    leader = FakeLeader(leader=True)
+    r = rig(leader=leader)
+    r.passes(2, start=T0 + 1)
+    assert r.kube.names() == ["get_deployment"]
+    leader.leader = False
+    r.passes(2, start=T0 + 3)
+    assert "not the leader (any more): standby, no Kubernetes call, no Slack" in caplog.text
+    leader.leader = True
+    r.passes(1, start=T0 + 5)
+    assert r.kube.names() == ["get_deployment", "get_deployment"]
