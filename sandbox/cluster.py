@@ -17,6 +17,10 @@ Host, port and port-file are always the kubelet's, and replicas run with `--enab
 (POST /fault), which the shipped manifests leave off. Settings are read when a replica
 starts. Scale-down stops the newest replicas first (SIGTERM, wait, SIGKILL); a replica
 that dies is replaced on the next resync.
+
+Capacity (`capacity=n`, `set_capacity(n)`): at most n processes across the cluster;
+replicas over it stay Pending (in status.replicas, never started or ready) until it
+grows; shrinking it evicts nothing. Status as kube writes it: sandbox.deploystatus.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from sandbox.deploystatus import deployment_status
 from sandbox.procs import (
     Managed,
     Replica,
@@ -93,6 +99,12 @@ def _allowed_flags(args: list[str]) -> list[str]:
     return kept
 
 
+def _checked_capacity(capacity: int | None) -> int | None:
+    if capacity is not None and (isinstance(capacity, bool) or capacity < 0):
+        raise ValueError(f"capacity must be None or a whole number >= 0, got {capacity!r}")
+    return capacity
+
+
 def desired_replicas(deployment: Obj) -> int:
     replicas = deployment.get("spec", {}).get("replicas")
     return 1 if replicas is None else int(replicas)
@@ -102,6 +114,7 @@ def desired_replicas(deployment: Obj) -> int:
 class _Workload:
     replicas: list[Replica] = field(default_factory=list)
     failures: int = 0
+    pending: int = 0
 
 
 class Kubelet(Managed):
@@ -118,6 +131,8 @@ class Kubelet(Managed):
         resync_seconds: float = 2.0,
         ready_timeout: float = 30.0,
         seed: int = 0,
+        capacity: int | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.apps = k8s.AppsV1Api(api_client)
         self.namespace = namespace
@@ -127,6 +142,8 @@ class Kubelet(Managed):
         self.resync_seconds = resync_seconds
         self.ready_timeout = ready_timeout
         self._random = random.Random(seed)
+        self.capacity = _checked_capacity(capacity)
+        self.clock = clock
         self._tmp = tempfile.TemporaryDirectory(prefix="aegisops-kubelet-")
         self.dir = Path(self._tmp.name)
         self._workloads: dict[Key, _Workload] = {}
@@ -166,6 +183,11 @@ class Kubelet(Managed):
         for key in keys:
             self._scale_down(key, to=0)
         self._tmp.cleanup()
+
+    def set_capacity(self, capacity: int | None) -> None:
+        """At most `capacity` processes from now on (None: unlimited); Pending ones start."""
+        self.capacity = _checked_capacity(capacity)
+        self._wake.set()
 
     # -- what tests and the world read --------------------------------------------------
 
@@ -214,11 +236,27 @@ class Kubelet(Managed):
             workload = self._workloads.setdefault(key, _Workload())
         self._reap(key, workload)
         want, have = desired_replicas(deployment), len(workload.replicas)
-        if want > have:
-            self._scale_up(key, deployment, count=want - have)
+        room = min(want - have, self._room())
+        if room > 0:
+            self._scale_up(key, deployment, count=room)
         elif want < have:
             self._scale_down(key, to=want)
+        self._note_pending(key, workload, want=want)
         self._write_status(key, deployment)
+
+    def _room(self) -> int:
+        """How many more processes capacity allows (a large number when unlimited)."""
+        if self.capacity is None:
+            return 1 << 30
+        with self._lock:
+            running = sum(len(w.replicas) for w in self._workloads.values())
+        return max(self.capacity - running, 0)
+
+    def _note_pending(self, key: Key, workload: _Workload, *, want: int) -> None:
+        pending = max(want - len(workload.replicas), 0)
+        if pending != workload.pending:
+            log.info("%s/%s: %d replicas Pending (capacity %s)", *key, pending, self.capacity)
+            workload.pending = pending
 
     def _reap(self, key: Key, workload: _Workload) -> None:
         dead = [r for r in workload.replicas if not r.alive()]
@@ -295,15 +333,9 @@ class Kubelet(Managed):
         log.info("%s/%s: scaled down %d -> %d replicas (stopped %s)", *key, before, to, pods)
 
     def _write_status(self, key: Key, deployment: Obj) -> None:
-        count = len(self.replicas(namespace=key[0], name=key[1]))
+        ready = len(self.replicas(namespace=key[0], name=key[1]))
         # Like the real controller, zero counts are omitted (null removes them in a merge patch).
-        status = {
-            "observedGeneration": deployment["metadata"].get("generation"),
-            "replicas": count or None,
-            "updatedReplicas": count or None,
-            "readyReplicas": count or None,
-            "availableReplicas": count or None,
-        }
+        status = deployment_status(deployment=deployment, ready=ready, now=self.clock())
         current = deployment.get("status") or {}
         if all(current.get(k) == v for k, v in status.items()):
             return

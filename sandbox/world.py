@@ -18,6 +18,12 @@ Identities: `admin_kubeconfig` (the sandbox's own admin) and, for the engine, th
 service account `system:serviceaccount:aegisops:aegisops-engine`: `engine_kubeconfig`,
 or in-cluster style `incluster_env` (KUBERNETES_SERVICE_HOST/PORT) with
 `serviceaccount_dir` (token, ca.crt, namespace).
+
+Issue-5 additions: `capacity` / `set_capacity(n)` (the kubelet runs at most n replicas;
+the rest stay Pending), an HPA controller (sandbox.hpa, user
+`system:serviceaccount:kube-system:horizontal-pod-autoscaler`) with `add_hpa` /
+`delete_hpa`, and `prom_proxy` (sandbox.promproxy, mode `ok` at start) in front of
+Prometheus: `engine_prometheus_url` is the proxy's URL.
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ from sampleapp.loadgen import LoadGenerator, LoadSettings
 from sampleapp.loadstats import LoadStats
 from sampleapp.profiles import Profile
 from sandbox.cluster import Kubelet
+from sandbox.hpa import HPA_USER, HpaController, rbac_objects
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import Managed, wait_until
 from sandbox.prometheus import PrometheusServer
+from sandbox.promproxy import PromProxy
 from sandbox.slack import SlackReceiver
 
 log = logging.getLogger("sandbox.world")
@@ -101,13 +109,16 @@ class World(Managed):
         scrape_interval: str = "1s",
         seed: int = 0,
         load_report: Callable[[str], None] | None = None,
+        capacity: int | None = None,
     ) -> None:
         self.app = app or AppSpec()
         self.rbac_files = [Path(p) for p in rbac_files]
         self.scrape_interval = scrape_interval
         self.seed = seed
         self.load_report = load_report
+        self.capacity = capacity
         self.engine_token = secrets.token_hex(16)
+        self.hpa_token = secrets.token_hex(16)
         self._stack = contextlib.ExitStack()
         self.incluster_env: dict[str, str] = {}
         self.loadgen: LoadGenerator | None = None
@@ -127,11 +138,12 @@ class World(Managed):
         self.prometheus = stack.enter_context(
             PrometheusServer(scrape_interval=self.scrape_interval)
         )
+        self.prom_proxy = stack.enter_context(PromProxy(self.prometheus.url))
         self.api = stack.enter_context(
             KubeAPIServer(
                 tls=True,
                 rbac_files=self.rbac_files if self.rbac_files else None,
-                tokens={self.engine_token: ENGINE_USER},
+                tokens={self.engine_token: ENGINE_USER, self.hpa_token: HPA_USER},
                 seed=self.seed,
             )
         )
@@ -152,8 +164,16 @@ class World(Managed):
                 on_targets=lambda _ns, name, targets: self.prometheus.set_targets(name, targets),
                 targets_file=self.targets_file,
                 seed=self.seed,
+                capacity=self.capacity,
             )
         )
+        hpa_kubeconfig = self.api.write_kubeconfig(
+            self.dir / "hpa.kubeconfig", token=self.hpa_token
+        )
+        self.hpa_client = stack.enter_context(
+            k8s_config.new_client_from_config(config_file=str(hpa_kubeconfig))
+        )
+        self.hpa_controller = stack.enter_context(HpaController(api_client=self.hpa_client))
         stack.callback(self._stop_load)
         return self
 
@@ -171,6 +191,8 @@ class World(Managed):
             }
         )
         self.api.create(app_deployment(spec=self.app))
+        for obj in rbac_objects():  # only consulted when RBAC is on
+            self.api.create(obj)
 
     # -- load --------------------------------------------------------------------------
 
@@ -204,6 +226,11 @@ class World(Managed):
         return self.prometheus.url
 
     @property
+    def engine_prometheus_url(self) -> str:
+        """Where the engine should read Prometheus: through the fault proxy."""
+        return self.prom_proxy.url
+
+    @property
     def slack_url(self) -> str:
         return self.slack.url
 
@@ -231,6 +258,49 @@ class World(Managed):
             _content_type="application/merge-patch+json",
             _request_timeout=10,
         )
+
+    def set_capacity(self, capacity: int | None) -> None:
+        """At most `capacity` app processes (None: unlimited); replicas over it stay Pending."""
+        self.kubelet.set_capacity(capacity)
+
+    def add_hpa(
+        self, *, min_replicas: int | None, max_replicas: int, name: str = DEPLOYMENT
+    ) -> dict[str, Any]:
+        """Create an autoscaling/v2 HPA on aegisops-app (as the admin); returns it as stored."""
+        spec: dict[str, Any] = {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOYMENT},
+            "maxReplicas": max_replicas,
+        }
+        if min_replicas is not None:
+            spec["minReplicas"] = min_replicas
+        hpa: Any = {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": spec,
+        }
+        response: Any = k8s.AutoscalingV2Api(
+            self.api_client
+        ).create_namespaced_horizontal_pod_autoscaler(
+            NAMESPACE, hpa, _preload_content=False, _request_timeout=10
+        )
+        created: dict[str, Any] = json.loads(response.data)
+        return created
+
+    def delete_hpa(self, name: str = DEPLOYMENT) -> None:
+        k8s.AutoscalingV2Api(self.api_client).delete_namespaced_horizontal_pod_autoscaler(
+            name, NAMESPACE, _request_timeout=10
+        )
+
+    def hpa(self, name: str = DEPLOYMENT) -> dict[str, Any]:
+        """The HPA as the API serves it (plain JSON)."""
+        response: Any = k8s.AutoscalingV2Api(
+            self.api_client
+        ).read_namespaced_horizontal_pod_autoscaler(
+            name, NAMESPACE, _preload_content=False, _request_timeout=10
+        )
+        result: dict[str, Any] = json.loads(response.data)
+        return result
 
     def wait_for(
         self, predicate: Callable[[], T], *, timeout: float, message: str = "condition"

@@ -20,7 +20,16 @@ from aegisops.apply import WRITES, Applier, on, result_of
 from aegisops.detector import Observation, WorkloadDetector
 from aegisops.guard import ActionCaps, InBackoff, KubeBackoff, Throttle
 from aegisops.kube import Conflict, DeploymentInfo, Forbidden, KubeError, NotFound, ScaleInfo
-from aegisops.policy import Decision, Memory, PolicyState, decide, memory_from_annotations
+from aegisops.policy import (
+    DRY_RUN,
+    PAUSED,
+    Decision,
+    Memory,
+    PolicyState,
+    decide,
+    memory_from_annotations,
+    unapplied,
+)
 
 if TYPE_CHECKING:
     from aegisops.config import Config, Target
@@ -29,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegisops.loop")
 ACTIONS = WRITES
-PAUSED = "aegisops.dev/paused"
-DRY_RUN = "aegisops.dev/dry-run"
 
 
 @dataclass
@@ -204,16 +211,17 @@ class Actor:
                 if first.action not in ACTIONS:
                     return first
                 busy = self.backoff.active
-                return unapplied(first, why="Kubernetes API backoff" if busy else "cannot read")
+                return unapplied(first, "Kubernetes API backoff" if busy else "cannot read")
             decision = self._decide(w, fresh, state=state, obs=obs, now=now)
             if decision.action not in ACTIONS:
                 return decision
             held = self._held(w, decision=decision, now=now)
             if held is not None:
                 return held
-            if self.dry_run(w):
+            if self.dry_run(w):  # the cooldown holds in this process; nothing else changed
                 self.caps.count(now=now)
-                w.memory = decision.memory  # the cooldown holds in this process
+                w.memory = replace(decision.memory, replicas_set=None)
+                decision = replace(decision, state=replace(decision.state, verify=None))
                 self._action_done(w, obs=obs, decision=decision, result="dry_run", dry=True)
                 return decision
             err = self.applier.apply(
@@ -228,7 +236,7 @@ class Actor:
                 return decision
             self._failed(w, decision=decision, err=err, now=now)
             if not isinstance(err, Conflict) or attempt == 2:
-                return unapplied(decision, why=result_of(err))
+                return unapplied(decision, result_of(err))
             log.info("re-reading and deciding again after the conflict", extra=on(w.target.key))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -244,6 +252,7 @@ class Actor:
             limits=w.target.limits,
             params=self.config.policy,
             hpa_managed=fresh.hpa_managed,
+            paused=w.paused,
         )
 
     def _held(self, w: Workload, *, decision: Decision, now: float) -> Decision | None:
@@ -251,14 +260,14 @@ class Actor:
         key = w.target.key
         if w.paused:
             log.info("paused (%s): not acting", PAUSED, extra=on(key))
-            return unapplied(decision, why=f"paused by {PAUSED}")
+            return unapplied(decision, f"paused by {PAUSED}")
         why = self.caps.full(now=now)
         if why is None:
             return None
         log.warning("held back: %s %s", _what(decision), why, extra=on(key, action="held"))
         if self.caps.alerts.allow("action_cap", now=now):
             self.on_alert(w, "action_cap", f"{_what(decision)} held back: {why}")
-        return unapplied(decision, why=why)
+        return unapplied(decision, why)
 
     def _failed(self, w: Workload, *, decision: Decision, err: KubeError, now: float) -> None:
         result = result_of(err)
@@ -309,13 +318,3 @@ def _what(decision: Decision) -> str:
     if decision.replicas_before != decision.replicas_after:
         return f"{decision.action} {decision.replicas_before}->{decision.replicas_after}"
     return decision.action
-
-
-def unapplied(decision: Decision, *, why: str) -> Decision:
-    """The decision as it stands when the action was not applied: nothing changed."""
-    return replace(
-        decision,
-        action="none",
-        replicas_after=decision.replicas_before,
-        reason=f"{decision.reason}; NOT applied ({why})",
-    )

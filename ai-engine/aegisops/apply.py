@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegisops.loop")
 UNDO_ATTEMPTS = 3
-WRITES = ("scale_up", "scale_down")
-"""The actions that change the cluster (annotations and their own write)."""
+SCALES = ("scale_up", "scale_down", "rollback")
+"""The actions whose own write is `PATCH deployments/scale`."""
+WRITES = (*SCALES, "restart", "hpa_raise", "hpa_restore", "give_up", "release")
+"""The actions that write the record (and, but for give_up and release, their own write)."""
 
 RESULTS: dict[type[KubeError], str] = {
     Conflict: "conflict",
@@ -88,13 +90,13 @@ class Applier:
         except KubeError as err:
             self._undo(w, decision=decision, before=before, version=written.resource_version)
             return err
-        if decision.action in WRITES:
+        if decision.action in SCALES:
             w.replicas = decision.replicas_after
         return None
 
     def _action_write(self, w: Workload, *, decision: Decision) -> None:
         ns, name = w.target.namespace, w.target.deployment
-        if decision.action in WRITES:
+        if decision.action in SCALES:
             replicas = decision.replicas_after
             self.call(lambda: self.kube.patch_scale(namespace=ns, name=name, replicas=replicas))
 
@@ -151,7 +153,7 @@ class Applier:
                 "annotations changed by someone else since our record; leaving them", extra=on(key)
             )
             return None
-        if decision.action in WRITES and scale.replicas != decision.replicas_before:
+        if decision.action in SCALES and scale.replicas != decision.replicas_before:
             log.warning(
                 "replicas are %d now (not %d): the scale took effect after all, keeping the record",
                 scale.replicas,

@@ -9,7 +9,10 @@ holds a confirmed incident open), `action`, `replicas` and `reason`.
 
 Learning is online and causal, exactly as in the daemon: one `WorkloadDetector`
 observes the rows in time order and `decide()` acts on each observation, so a row's
-output depends only on the rows up to it. A directory input mirrors its CSV tree.
+output depends only on the rows up to it. There is no cluster: no HPA, every action
+applies, and every replica the replay holds is ready. `action` names every action
+(`scale_up`, `give_up`, `rollback`, `alert`, `release`...). A directory input mirrors
+its CSV tree.
 """
 
 from __future__ import annotations
@@ -185,6 +188,7 @@ def replay(trace: Trace, *, setup: _Setup) -> Replayed:
             memory=memory,
             limits=setup.limits,
             params=setup.policy,
+            ready_replicas=replicas,  # no cluster: every replica the replay holds is ready
         )
         state, memory, replicas = d.state, d.memory, d.replicas_after
         scored += obs.score is not None

@@ -379,9 +379,8 @@ def _build(
 
 def _params(cls: Callable[..., _P], values: dict[str, Any], *, key: str) -> _P:
     """Build the pure core's own params; its cross-field checks become ConfigErrors."""
-    accepted = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     try:
-        return cls(**{k: v for k, v in values.items() if k in accepted})
+        return cls(**values)
     except ValueError as exc:
         raise ConfigError(str(exc), key=key) from None
 

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from aegisops.act import ACTIONS, Actor, Workload, unapplied
+from aegisops.act import ACTIONS, Actor, Workload
 from aegisops.alerts import MissingData
 from aegisops.detector import METRICS, Observation, WorkloadDetector
 from aegisops.guard import ActionCaps, KubeBackoff
-from aegisops.policy import Decision, Memory, counts, decide, is_load_shaped
+from aegisops.policy import Decision, Memory, counts, decide, is_load_shaped, unapplied
 from aegisops.prometheus import PrometheusError, Sample
 from aegisops.report import Reporter
 
@@ -100,8 +100,7 @@ class Engine:
         self.reread_seconds = max(config.policy.cooldown_seconds / 10, config.poll_interval_seconds)
         policy = config.policy
         self.caps = ActionCaps(
-            per_pass=getattr(policy, "max_actions_per_pass", 10),
-            per_hour=getattr(policy, "max_actions_per_hour", 60),
+            per_pass=policy.max_actions_per_pass, per_hour=policy.max_actions_per_hour
         )
         self.missing = MissingData(after=config.alerts.missing_after_passes)
         self.actor = Actor(
@@ -248,11 +247,19 @@ class Engine:
             self.report.anomaly(w, obs=obs)
         if not self.leading:
             if decision.action in ACTIONS:
-                decision = unapplied(decision, why="standby, not the leader")
+                decision = unapplied(decision, "standby, not the leader")
         elif decision.action in ACTIONS or self._worth_rereading(
             w, obs=obs, first=decision, now=now
         ):
             decision = self.actor.act(w, first=decision, state=w.state, obs=obs, now=now)
+        if decision.alert is not None:
+            self.report.alert(
+                decision.alert,
+                workload=key,
+                reason=decision.reason,
+                obs=obs,
+                dry=self.actor.dry_run(w),
+            )
         if decision.resolved:
             since = w.state.incident_since
             duration = None if since is None else now - since
@@ -272,6 +279,7 @@ class Engine:
             limits=w.target.limits,
             params=self.config.policy,
             hpa_managed=hpa_managed,
+            paused=w.paused,
         )
 
     def _worth_rereading(
@@ -285,6 +293,10 @@ class Engine:
         """
         if now - w.read_at < self.reread_seconds:
             return False
+        memory = w.memory or Memory()
+        managed = (memory.replicas_set, memory.rollback_to, memory.hpa_original_min)
+        if w.state.verify is not None or any(value is not None for value in managed):
+            return True  # a hand edit, unready pods or the end of a rollback's wait
         params = self.config.policy
         if first.anomaly and counts(obs, params) and is_load_shaped(obs, params):
             return True  # an open, load-shaped incident that is not being acted on
@@ -295,7 +307,9 @@ class Engine:
     # -- reporting -----------------------------------------------------------------------
 
     def _action_done(self, w: Workload, obs: Observation, decision: Decision, dry: bool) -> None:
-        self.report.action(w, obs=obs, decision=decision, dry=dry)
+        """The action message; give_up and release say why in their alert instead."""
+        if decision.alert is None:
+            self.report.action(w, obs=obs, decision=decision, dry=dry)
 
     def _actor_alert(self, w: Workload, kind: str, reason: str) -> None:
         self.report.alert(kind, workload=w.target.key, reason=reason, obs=None, dry=False)

@@ -79,8 +79,10 @@ def test_the_paused_annotation_is_honoured_on_the_fresh_read(
     assert sum(p.actions for p in results) == 0
     assert writes(r.kube) == []
     assert r.kube.names()[:4] == ["get_deployment", *READ]
-    assert "paused (aegisops.dev/paused): not acting" in caplog.text
-    assert any("paused by aegisops.dev/paused" in m for m in decisions(caplog))
+    assert sum(m.endswith("(aegisops.dev/paused), no action") for m in decisions(caplog)) == 3
+    assert r.notifier.texts()[-1].startswith(
+        "AegisOps: shop/web is paused — AegisOps takes no action: "
+    )
 
 
 def test_forbidden_names_the_permission_and_alerts_once_per_hour(
@@ -141,7 +143,7 @@ def test_kubernetes_unavailable_backs_off_engine_wide_honouring_retry_after(
     # T0+8: the Deployment is read again (its cached facts were dropped), then the action
     assert r.kube.names() == ["get_deployment", "hpa_targets", "get_deployment", *ACTING]
     assert [p.actions for p in results] == [0, 0, 0, 0, 0, 0, 0, 1]
-    held = [m for m in decisions(caplog) if m.endswith("NOT applied (Kubernetes API backoff)")]
+    held = [m for m in decisions(caplog) if m.endswith("(not applied: Kubernetes API backoff)")]
     assert len(held) == 5  # T0+3 .. T0+7
     assert caplog.text.count("Kubernetes API unavailable (") == 1
     assert (

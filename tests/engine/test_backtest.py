@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,8 +71,9 @@ def test_surge_is_confirmed_scaled_and_written_per_row(tmp_path: Path) -> None:
     assert out[1]["reason"] == "cold start, not scored"
     assert out[10]["reason"] == "learning baseline"
     actions = [(i, r["action"], r["replicas"]) for i, r in enumerate(out) if r["action"] != "none"]
-    # confirmed on the 3rd surge row; one more step when the 150 s cooldown ends; then at max
-    assert actions == [(202, "scale_up", "3"), (212, "scale_up", "4")]
+    # confirmed on the 3rd surge row; latency stays up (a replayed trace does not react to
+    # replicas), so after 5 passes scaling did not help; back when the 150 s cooldown ends
+    assert actions == [(202, "scale_up", "3"), (207, "give_up", "3"), (212, "rollback", "2")]
     assert out[202]["reason"].startswith("confirmed: p95_latency_seconds")
     assert "; scale_up 2->3" in out[202]["reason"]
     assert "cooldown until" in out[205]["reason"]
@@ -110,7 +112,7 @@ def test_single_value_column_with_iso_timestamps(tmp_path: Path) -> None:
     actions = [(i, a) for i, (_, a, _) in enumerate(outputs[0]) if a != "none"]
     assert actions == [(152, "alert")]
     assert outputs[0][152][2].startswith("confirmed: value")
-    assert "not load-shaped" in outputs[0][152][2]
+    assert outputs[0][152][2].endswith(": not load-shaped, scaling cannot fix it")
 
 
 def _shift(stamp: str, seconds: int) -> str:
@@ -151,12 +153,11 @@ def test_config_supplies_params_and_the_first_targets_limits(tmp_path: Path) -> 
         env={},
     )
     _, out = backtest(
-        tmp_path, trace_rows(), config=config, detector_params=None, policy_params=None
+        tmp_path, trace_rows(), config=config, detector_params=None, policy_params=None, replicas=2
     )
-    actions = [(r["action"], r["replicas"]) for r in out if r["action"] != "none"]
-    assert actions[0] == ("scale_up", "2")
-    assert all(replicas == "2" for _, replicas in actions)
-    assert "at max replicas (2)" in " ".join(r["reason"] for r in out)
+    actions = [(i, r["action"], r["replicas"]) for i, r in enumerate(out) if r["action"] != "none"]
+    assert actions == [(202, "alert", "2")]
+    assert out[202]["reason"].endswith("; at max replicas (2)")
 
 
 def test_a_directory_is_mirrored(tmp_path: Path) -> None:
@@ -229,3 +230,114 @@ def test_the_output_never_overwrites_the_input(tmp_path: Path) -> None:
             run_backtest(input_path=tmp_path / "in", output_path=inside)
     assert source.read_text() == before
     assert sorted(p.name for p in (tmp_path / "in").rglob("*")) == ["b.csv"]
+
+
+# -- direction-aware remediation, verification, rollback and scale-down (issue 5) --------
+
+SAFE = PolicyParams(
+    consecutive_anomalies=3, cooldown_seconds=150, scale_down_after_seconds=150, verify_passes=5
+)
+LIMITS = Limits(max_replicas=4)
+Profile = Callable[[int], float]
+
+
+def shaped_rows(
+    *,
+    rps: Profile = lambda i: 1.0,
+    p95: Profile = lambda i: 1.0,
+    memory: Profile = lambda i: 1.0,
+    n: int = 300,
+    seed: int = 4,
+) -> list[list[str]]:
+    """Rows every 15 s around rps 40, p95 50 ms, memory 100 MB, times the given factors."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        r = 40 * rps(i) + 4 * rng.standard_normal()
+        p = 0.05 * p95(i) + 0.004 * rng.standard_normal()
+        m = 100e6 * memory(i) + 1e6 * rng.standard_normal()
+        rows.append([str(T0 + 15 * i), f"{r:.3f}", f"{p:.5f}", f"{m:.0f}"])
+    return rows
+
+
+def during(start: int, end: int, factor: float) -> Profile:
+    return lambda i: factor if start <= i < end else 1.0
+
+
+def acted(out: list[dict[str, str]]) -> list[tuple[int, str, str]]:
+    return [(i, r["action"], r["replicas"]) for i, r in enumerate(out) if r["action"] != "none"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "confirmed_at", "why"),
+    [
+        pytest.param(
+            {"rps": during(200, 240, 0.25)},
+            202,
+            "rps 3.98 vs baseline 40.5 (down): a traffic drop, scaling cannot fix it",
+            id="traffic-drop",
+        ),
+        pytest.param(
+            {"p95": during(200, 240, 8.0)},
+            202,
+            "p95_latency_seconds 0.403 vs baseline 0.0497 (up) at normal traffic: "
+            "a slow dependency, scaling cannot fix it",
+            id="latency-at-normal-traffic",
+        ),
+        pytest.param(
+            {"memory": lambda i: 1.0 + max(0, i - 200) * 0.02},
+            213,
+            "memory_bytes 1.27e+08 vs baseline 9.99e+07 (up) without more load: "
+            "a memory leak, scaling cannot fix it",
+            id="memory-leak",
+        ),
+    ],
+)
+def test_anomalies_scaling_cannot_fix_alert_with_the_shape_and_never_scale(
+    tmp_path: Path, profile: dict[str, Profile], confirmed_at: int, why: str
+) -> None:
+    _, out = backtest(tmp_path, shaped_rows(**profile), policy_params=SAFE, limits=LIMITS)
+    assert acted(out) == [(confirmed_at, "alert", "1")]  # alerted once, never scaled
+    assert out[confirmed_at]["reason"] == f"confirmed: {why}"
+    assert {r["replicas"] for r in out} == {"1"}
+    assert out[confirmed_at + 5]["anomaly"] == "1"  # the incident stays open
+
+
+def test_a_surge_scales_up_then_steps_back_down_after_recovery(tmp_path: Path) -> None:
+    """rps x3 for 40 rows; p95 x9, easing to x3 after the first step and to x1 after the
+    second (as more replicas would make it); then traffic back to normal."""
+
+    def latency(i: int) -> float:
+        if not 200 <= i < 240:
+            return 1.0
+        return 9.0 if i < 203 else 3.0 if i < 213 else 1.0
+
+    rows = shaped_rows(rps=during(200, 240, 3.0), p95=latency)
+    _, out = backtest(tmp_path, rows, policy_params=SAFE, limits=LIMITS)
+    assert acted(out) == [
+        (202, "scale_up", "2"),
+        (212, "scale_up", "3"),  # p95 eased (its excess more than halved) but is still up
+        (252, "scale_down", "2"),  # calm for 150 s since the incident resolved
+        (262, "scale_down", "1"),  # one step per 150 s cooldown, back to the start
+    ]
+    assert [r["anomaly"] for r in out[240:244]] == ["1", "1", "0", "0"]  # resolved at 242
+    assert out[230]["reason"].endswith(
+        "; p95 latency back at baseline since the last scale_up, holding"
+    )
+    assert out[252]["reason"] == "calm for 150s; scale_down 3->2 (toward 1)"
+    assert out[262]["reason"] == "calm for 300s; scale_down 2->1 (original replicas)"
+    assert {r["replicas"] for r in out[262:]} == {"1"}
+
+
+def test_a_surge_that_scaling_does_not_ease_gives_up_and_rolls_back(tmp_path: Path) -> None:
+    rows = shaped_rows(rps=during(200, 240, 3.0), p95=during(200, 240, 9.0))
+    _, out = backtest(tmp_path, rows, policy_params=SAFE, limits=LIMITS)
+    assert acted(out) == [(202, "scale_up", "2"), (207, "give_up", "2"), (212, "rollback", "1")]
+    assert out[207]["reason"] == (
+        "p95_latency_seconds 0.454 vs baseline 0.0497 (up), rps 122 vs baseline 40.5 (up) "
+        "5 samples after scale_up 1->2: scaling did not help (p95 +0.404s off baseline); "
+        "no more scale-ups this incident, rollback to 1 after the cooldown"
+    )
+    assert out[212]["reason"] == "scaling did not help and the cooldown is over: rollback 2->1"
+    assert all(r["anomaly"] == "1" for r in out[202:242])  # one incident: no scale_up after
+    assert out[230]["reason"].endswith("; scaling did not help in this incident, no more scale-ups")

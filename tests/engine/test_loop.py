@@ -29,7 +29,14 @@ from engine_fakes import (
 
 from aegisops.kube import Conflict, KubeUnavailable, ScaleInfo
 from aegisops.loop import Engine
-from aegisops.policy import COOLDOWN_UNTIL, LAST_ACTION, ORIGINAL_REPLICAS, format_time
+from aegisops.policy import (
+    ANNOTATION_KEYS,
+    COOLDOWN_UNTIL,
+    LAST_ACTION,
+    ORIGINAL_REPLICAS,
+    REPLICAS_SET,
+    format_time,
+)
 from aegisops.prometheus import History, Sample
 
 
@@ -37,7 +44,9 @@ def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    r = rig()
+    # the surge never eases: pin the verification past this test's end
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "verify_passes": 10}
+    r = rig(config=make_config(policy=policy))
     assert "trained from history: 50 of 50 points usable, ready" in caplog.text
     quiet = r.passes(5, start=T0 + 1)
     assert [p.actions for p in quiet] == [0] * 5
@@ -49,7 +58,9 @@ def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
     assert r.kube.names() == ["get_deployment", *ACTING]
     notes = r.kube.calls[4][1]
     assert notes == {
+        **dict.fromkeys(ANNOTATION_KEYS),
         ORIGINAL_REPLICAS: "1",
+        REPLICAS_SET: "2",
         LAST_ACTION: "scale_up 1->2",
         "aegisops.dev/last-action-at": format_time(T0 + 8),
         COOLDOWN_UNTIL: format_time(T0 + 8 + 300),
@@ -109,8 +120,10 @@ def test_an_hpa_on_the_deployment_means_alert_only() -> None:
     results = r.passes(6, start=T0 + 1)
     assert sum(p.actions for p in results) == 0
     assert "patch_scale" not in r.kube.names() and "patch_annotations" not in r.kube.names()
-    assert r.notifier.texts() == [r.notifier.texts()[0]]
-    assert r.notifier.texts()[0].startswith("AegisOps: Anomaly on shop/web")
+    [anomaly, hpa] = r.notifier.texts()
+    assert anomaly.startswith("AegisOps: Anomaly on shop/web")
+    assert hpa.startswith("AegisOps: shop/web is managed by an HPA — AegisOps does not scale it: ")
+    assert hpa.endswith(" for 3 consecutive samples; an HPA manages this Deployment, not scaling")
 
 
 def test_a_conflict_on_the_record_re_reads_and_decides_again_once_in_the_same_pass(
@@ -167,7 +180,7 @@ def test_a_second_conflict_in_the_pass_gives_up_until_the_next_pass(
     assert third.actions == 0
     assert r.kube.names().count("patch_annotations") == 2
     assert "patch_scale" not in r.kube.names()
-    assert any("NOT applied (conflict)" in m for m in decisions(caplog))
+    assert any(m.endswith("(not applied: conflict)") for m in decisions(caplog))
 
 
 def test_dry_run_changes_nothing_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
@@ -277,9 +290,10 @@ def test_resolution_is_announced_once_with_its_duration() -> None:
     r.source.surge_from = float("inf")
     r.passes(6, start=T0 + 6)  # three normal samples resolve it
     texts = r.notifier.texts()
-    assert len(texts) == 2
+    assert len(texts) == 3
     assert texts[0].startswith("AegisOps: Anomaly on shop/web: score ")
-    assert texts[1] == "AegisOps: Resolved on shop/web after 5 s"
+    assert texts[1].startswith("AegisOps: shop/web is managed by an HPA")
+    assert texts[2] == "AegisOps: Resolved on shop/web after 5 s"
 
 
 def test_a_failed_scale_puts_the_annotations_back_so_the_next_pass_retries(
@@ -299,9 +313,7 @@ def test_a_failed_scale_puts_the_annotations_back_so_the_next_pass_retries(
         "patch_annotations",  # T0+4: record again
         "patch_scale",  # ... and scale
     ]
-    assert patches[2][1] == dict.fromkeys(
-        (ORIGINAL_REPLICAS, LAST_ACTION, "aegisops.dev/last-action-at", COOLDOWN_UNTIL)
-    )
+    assert patches[2][1] == dict.fromkeys(ANNOTATION_KEYS)
     assert r.kube.replicas == 2
     assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
     assert "scale_up 1->2 failed (error): patch deployments/scale: 503" in caplog.text
@@ -444,7 +456,10 @@ def test_an_operator_ending_the_cooldown_early_is_noticed_within_a_tenth_of_it(
 ) -> None:
     caplog.set_level(logging.INFO)
     remembered = acted_a_minute_ago()
-    r = rig(kube=FakeKube(annotations=dict(remembered), replicas=2))
+    # the surge never eases: pin the verification (give_up) past this test's end
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "verify_passes": 10}
+    config = make_config(policy=policy)
+    r = rig(kube=FakeKube(annotations=dict(remembered), replicas=2), config=config)
     r.source.surge_from = T0
     r.passes(5, start=T0 + 1)
     # kubectl annotate deploy/web aegisops.dev/cooldown-until-
@@ -483,19 +498,28 @@ def test_the_quiet_path_makes_no_calls_with_scale_down_enabled(hpas: set[str]) -
     old = {ORIGINAL_REPLICAS: "1", COOLDOWN_UNTIL: format_time(T0 - 3600)}
     kube = FakeKube(annotations=old, replicas=3, hpas=hpas)
     config = make_config(
-        policy={"consecutive_anomalies": 3, "cooldown_seconds": 300, "scale_down_after_seconds": 0}
+        policy={"consecutive_anomalies": 3, "cooldown_seconds": 300, "scale_down_after_seconds": 0},
+        # one scale_down step per cooldown now: a step of 2 keeps this a single step 3 -> 1
+        targets=[{"namespace": "shop", "deployment": "web", "max_replicas": 4, "scale_step": 2}],
     )
     r = rig(kube=kube, config=config)
     results = r.passes(30, start=T0 + 1)
-    if hpas:  # the first restore proposal learns about the HPA; then nothing
-        assert sum(p.actions for p in results) == 0
-        assert r.kube.names() == ["get_deployment", "hpa_targets", "get_deployment", "get_scale"]
+    if hpas:  # the first restore proposal learns about the HPA: it owns replicas, release
+        assert sum(p.actions for p in results) == 1 and r.kube.replicas == 3
+        assert r.kube.names() == [
+            "get_deployment",
+            "hpa_targets",
+            "get_deployment",
+            "get_scale",
+            "patch_annotations",
+        ]
+        assert r.kube.annotations[LAST_ACTION] == "release (hpa)"
     else:  # scaled back once; then nothing
         assert sum(p.actions for p in results) == 1 and r.kube.replicas == 1
         assert len(r.kube.names()) == 6
     calls = len(r.kube.names())
     r.passes(25, start=T0 + 31)
-    assert len(r.kube.names()) == calls + (3 if hpas else 0)  # hpa re-checked once (30 s)
+    assert len(r.kube.names()) == calls  # nothing more to restore or release
 
 
 def test_missing_data_alerts_once_after_n_passes_and_once_when_back(
@@ -561,7 +585,7 @@ def test_a_follower_scores_and_decides_but_makes_no_call_and_sends_nothing(
     assert r.kube.calls == [] and r.notifier.sent == []
     lines = decisions(caplog)
     assert all(m.startswith("standby ") for m in lines[1:])
-    assert any(m.endswith("NOT applied (standby, not the leader)") for m in lines)
+    assert any(m.endswith("(not applied: standby, not the leader)") for m in lines)
     assert metric(r, "aegisops_leader") == 0
     assert re.search(r"standby pass 6: 1 workloads, 1 anomalies, 0 actions", caplog.text)
     # another engine (the old leader) scaled meanwhile; this one takes over the lease

@@ -9,18 +9,17 @@ import pytest
 
 from aegisops.detector import Deviation, Observation
 from aegisops.policy import (
-    COOLDOWN_UNTIL,
-    LAST_ACTION,
-    LAST_ACTION_AT,
-    ORIGINAL_REPLICAS,
     Decision,
+    HpaView,
     Limits,
     Memory,
     PolicyParams,
     PolicyState,
+    Verify,
     decide,
     memory_from_annotations,
     memory_to_annotations,
+    unapplied,
 )
 
 T0 = 1_764_151_200.0  # 2025-11-26T10:00:00Z
@@ -86,6 +85,7 @@ def test_three_consecutive_anomalies_confirm_and_scale_up_once() -> None:
     )
     assert third.memory == Memory(
         original_replicas=1,
+        replicas_set=2,
         last_action="scale_up 1->2",
         last_action_at=T0 + 45,
         cooldown_until=T0 + 45 + 300,
@@ -182,7 +182,10 @@ def test_scale_up_is_bounded_by_max_and_lifted_to_min() -> None:
 
 @pytest.mark.parametrize(
     ("deviations", "why"),
-    [(LEAK, "not load-shaped, scaling cannot fix it"), (DROP, "not load-shaped")],
+    [
+        (LEAK, "memory_bytes 3e+08 vs baseline 1e+08 (up) without more load: a memory leak"),
+        (DROP, "rps 4 vs baseline 40 (down): a traffic drop, scaling cannot fix it"),
+    ],
 )
 def test_memory_only_and_traffic_drops_only_alert(
     deviations: tuple[Deviation, ...], why: str
@@ -190,7 +193,8 @@ def test_memory_only_and_traffic_drops_only_alert(
     w = Workload()
     decisions = w.feed(lambda t: anomaly(t, deviations), 10)
     assert [d.action for d in decisions] == ["none", "none", "alert"] + ["none"] * 7
-    assert why in decisions[2].reason
+    assert decisions[2].reason.startswith(why)
+    assert decisions[2].alert == "no_scale"
     assert all(d.replicas_after == 1 for d in decisions)
 
 
@@ -211,7 +215,7 @@ def test_incident_resolves_after_as_many_normal_samples() -> None:
     assert again.confirmed  # a new incident, notified again
 
 
-def test_scale_down_restores_original_replicas_after_calm_when_enabled() -> None:
+def test_scale_down_restores_original_replicas_after_calm_unless_disabled() -> None:
     params = replace(PARAMS, scale_down_after_seconds=600)
     w = Workload(params=params)
     w.feed(anomaly, 3)
@@ -221,61 +225,10 @@ def test_scale_down_restores_original_replicas_after_calm_when_enabled() -> None
     assert (downs[0].replicas_before, downs[0].replicas_after) == (2, 1)
     assert downs[0].memory.original_replicas is None
     assert downs[0].memory.last_action == "scale_down 2->1"
-    # disabled by default: the same story never scales down
-    default = Workload()
+    # disabled with None: the same story never scales down
+    default = Workload(params=replace(PARAMS, scale_down_after_seconds=None))
     default.feed(anomaly, 3)
     assert {d.action for d in default.feed(normal, 60)} == {"none"}
-
-
-def test_memory_round_trips_through_annotations() -> None:
-    memory = Memory(
-        original_replicas=2,
-        last_action="scale_up 2->3",
-        last_action_at=T0,
-        cooldown_until=T0 + 300,
-    )
-    annotations = memory_to_annotations(memory)
-    assert annotations == {
-        ORIGINAL_REPLICAS: "2",
-        LAST_ACTION: "scale_up 2->3",
-        LAST_ACTION_AT: "2025-11-26T10:00:00Z",
-        COOLDOWN_UNTIL: "2025-11-26T10:05:00Z",
-    }
-    assert memory_from_annotations(annotations) == (memory, ())
-    assert memory_to_annotations(Memory()) == {}
-    assert memory_from_annotations(None) == (Memory(), ())
-
-
-def test_garbage_annotations_are_ignored_with_a_reason() -> None:
-    memory, problems = memory_from_annotations(
-        {
-            ORIGINAL_REPLICAS: "three",
-            COOLDOWN_UNTIL: "tomorrow",
-            LAST_ACTION_AT: "2025-11-26T10:00:00",  # no offset: not RFC 3339
-            LAST_ACTION: "scale_up 1->2",
-            "unrelated/annotation": "x",
-        }
-    )
-    assert memory == Memory(last_action="scale_up 1->2")
-    assert problems == (
-        "aegisops.dev/original-replicas: 'three' is not a replica count; ignored",
-        "aegisops.dev/last-action-at: '2025-11-26T10:00:00' is not an RFC 3339 UTC timestamp;"
-        " ignored",
-        "aegisops.dev/cooldown-until: 'tomorrow' is not an RFC 3339 UTC timestamp; ignored",
-    )
-
-
-@pytest.mark.parametrize("raw", ["²", "٣", "1.5", "-1", ""])
-def test_original_replicas_needs_ascii_digits_and_never_raises(raw: str) -> None:
-    memory, problems = memory_from_annotations({ORIGINAL_REPLICAS: raw})
-    assert memory.original_replicas is None
-    assert problems == (f"aegisops.dev/original-replicas: {raw!r} is not a replica count; ignored",)
-
-
-def test_offsets_are_accepted_in_annotations() -> None:
-    memory, problems = memory_from_annotations({COOLDOWN_UNTIL: "2025-11-26T11:05:00+01:00"})
-    assert problems == ()
-    assert memory.cooldown_until == T0 + 300
 
 
 def test_bad_params_and_limits_say_what_is_wrong() -> None:
@@ -315,9 +268,273 @@ def test_small_moves_do_not_count_but_a_material_one_in_the_same_sample_does() -
 def test_the_materiality_gate_can_be_turned_off() -> None:
     w = Workload(params=replace(PARAMS, min_relative_change=0.0))
     decisions = w.feed(lambda t: anomaly(t, SMALL), 3)
-    assert decisions[-1].confirmed and decisions[-1].action == "scale_up"
+    assert decisions[-1].confirmed  # small moves count now; latency at normal traffic: alert
+    assert (decisions[-1].action, decisions[-1].shape) == ("alert", "slow_dependency")
 
 
 def test_min_relative_change_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match=re.escape("min_relative_change must be >= 0, got -0.1")):
         PolicyParams(min_relative_change=-0.1)
+
+
+# -- the safe-autonomy rules, in order (docs/safety.md, "Pure policy") ------------------
+
+
+def hot(t: float, p95: float = 0.84) -> Observation:
+    """A surge with p95 measured: rps 150 vs 40, p95 `p95` vs 0.05."""
+    deviations = tuple(d for d in SURGE if d.metric == "rps")
+    if p95 >= 0.06:  # materially up (20% of 0.05 = 0.01)
+        deviations = (replace(SURGE[0], value=p95), *deviations)
+    values = {"rps": 150.0, "p95_latency_seconds": p95, "memory_bytes": 1e8}
+    return replace(anomaly(t, deviations), values=values)
+
+
+SCALED = Memory(  # what a scale_up 1->2 at T0 left on the Deployment
+    original_replicas=1,
+    replicas_set=2,
+    last_action="scale_up 1->2",
+    last_action_at=T0,
+    cooldown_until=T0 + 300,
+)
+
+
+def test_paused_never_acts_but_alerts_once() -> None:
+    w = Workload(paused=True)
+    decisions = w.feed(hot, 25)
+    assert [d.action for d in decisions] == ["none", "none", "alert"] + ["none"] * 22
+    assert [d.alert for d in decisions][2:4] == ["paused", None]
+    assert decisions[2].reason == (
+        "p95_latency_seconds 0.84 vs baseline 0.05 (up), rps 150 vs baseline 40 (up) "
+        "(3/3 consecutive); paused (aegisops.dev/paused), no action"
+    )
+    assert w.replicas == 1 and w.memory == Memory()
+
+
+def test_a_hand_edit_releases_the_record_and_starts_a_cooldown() -> None:
+    w = Workload(replicas=3, memory=replace(SCALED, cooldown_until=T0 - 1))  # a human set 3
+    first, *rest = w.feed(hot, 30)
+    assert (first.action, first.alert, first.replicas_after) == ("release", "hands_off", 3)
+    assert first.memory == Memory(
+        last_action="release 2->3 (set by someone else)",
+        last_action_at=T0 + 15,
+        cooldown_until=T0 + 315,
+    )
+    assert not first.state.hands_off  # no incident yet: nothing to hold off
+    assert rest[1].confirmed and not rest[1].state.hands_off
+    assert rest[1].reason.endswith("; cooldown until 2025-11-26T10:05:15Z")  # the release's
+    assert first.reason == (
+        "replicas are 3, AegisOps set 2: someone else changed them; hands off, record cleared"
+    )
+
+
+def test_hands_off_holds_for_the_rest_of_the_incident() -> None:
+    w = Workload()
+    w.feed(hot, 3)  # scale_up 1->2, replicas_set 2
+    w.replicas = 1  # kubectl scale --replicas=1
+    released = w.feed(hot)[0]
+    assert (released.action, released.alert) == ("release", "hands_off")
+    assert released.reason == (
+        "replicas are 1, AegisOps set 2: someone else changed them; hands off, record cleared,"
+        " no scaling for the rest of this incident"
+    )
+    assert released.state.hands_off and released.state.verify is None
+    later = w.feed(hot, 40)  # 600 s, past the cooldown
+    assert {d.action for d in later} == {"none"}
+    assert later[-1].reason.endswith("; hands off: the replicas were set by someone else")
+    w.feed(normal, 3)
+    assert not w.state.hands_off  # resolved: the next incident may scale
+
+
+def test_a_human_scaling_back_to_original_when_calm_just_clears_the_record() -> None:
+    w = Workload(replicas=1, memory=SCALED)
+    d = w.feed(normal)[0]
+    assert (d.action, d.alert) == ("release", None)
+    assert d.reason == (
+        "replicas are 1, AegisOps set 2: someone else changed them; back at original, "
+        "record cleared"
+    )
+    assert d.memory.original_replicas is None and d.memory.replicas_set is None
+
+
+def test_latency_at_normal_traffic_is_a_slow_dependency() -> None:
+    slow = (SURGE[0],)
+    d = Workload().feed(lambda t: anomaly(t, slow), 3)[-1]
+    assert (d.action, d.alert, d.shape) == ("alert", "no_scale", "slow_dependency")
+    assert d.reason == (
+        "p95_latency_seconds 0.84 vs baseline 0.05 (up) at normal traffic: "
+        "a slow dependency, scaling cannot fix it"
+    )
+
+
+def test_a_memory_leak_restarts_once_per_cooldown_when_enabled() -> None:
+    w = Workload(params=replace(PARAMS, restart_on_memory_leak=True))
+    decisions = w.feed(lambda t: anomaly(t, LEAK), 23)
+    assert [i for i, d in enumerate(decisions) if d.action != "none"] == [2, 22]
+    restart = decisions[2]
+    assert (restart.action, restart.replicas_after, restart.shape) == ("restart", 1, "memory_leak")
+    assert restart.reason.endswith(
+        "a memory leak, scaling cannot fix it; restart (restart_on_memory_leak)"
+    )
+    assert restart.memory == Memory(
+        last_action="restart", last_action_at=T0 + 45, cooldown_until=T0 + 345
+    )
+    assert decisions[3].reason.endswith("; cooldown until 2025-11-26T10:05:45Z")
+
+
+def test_an_hpa_in_alert_mode_is_only_alerted() -> None:
+    hpa = HpaView(name="web", min_replicas=1, max_replicas=5)
+    d = Workload(hpa=hpa).feed(hot, 3)[-1]
+    assert (d.action, d.alert) == ("alert", "hpa")
+    assert d.reason.endswith("; an HPA web manages this Deployment, not scaling")
+
+
+def test_raise_min_raises_the_hpa_floor_then_restores_it_after_the_calm_window() -> None:
+    hpa = HpaView(name="web", min_replicas=2, max_replicas=6)
+    w = Workload(replicas=2, hpa=hpa, params=replace(PARAMS, hpa_mode="raise_min"))
+    raised = w.feed(hot, 3)[-1]
+    assert (raised.action, raised.hpa_min_after, raised.replicas_after) == ("hpa_raise", 3, 2)
+    assert raised.reason.endswith("; hpa_raise web minReplicas 2->3")
+    assert raised.memory == Memory(
+        last_action="hpa_raise 2->3",
+        last_action_at=T0 + 45,
+        cooldown_until=T0 + 345,
+        hpa_original_min=2,
+    )
+    w.kw["hpa"] = replace(hpa, min_replicas=3)
+    calm = w.feed(normal, 30)
+    restores = [d for d in calm if d.action != "none"]
+    assert [(d.action, d.hpa_min_after) for d in restores] == [("hpa_restore", 2)]
+    assert restores[0].reason == "calm for 300s; hpa_restore web minReplicas 3->2"
+    assert restores[0].memory.hpa_original_min is None
+
+
+def test_an_hpa_appearing_after_aegisops_scaled_takes_over_the_record() -> None:
+    hpa = HpaView(name="web", min_replicas=1, max_replicas=5)
+    d = Workload(replicas=2, memory=SCALED, hpa=hpa).feed(normal)[0]
+    assert (d.action, d.alert, d.replicas_after) == ("release", "hpa", 2)
+    assert (
+        d.reason == "an HPA web now manages this Deployment: record cleared, the HPA owns replicas"
+    )
+    assert d.memory.original_replicas is None and d.memory.replicas_set is None
+
+
+def test_pods_not_ready_in_time_give_up_then_roll_back_after_the_cooldown() -> None:
+    w = Workload()
+    up = w.feed(hot, 3)[-1]
+    assert up.state.verify == Verify(since=T0 + 45, before=1, after=2, p95=0.84)
+    w.kw["ready_replicas"] = 1
+    eased = w.feed(lambda t: hot(t, p95=0.1), 9)  # latency eased: only readiness fails
+    assert [d.action for d in eased] == ["none"] * 8 + ["give_up"]
+    gave_up = eased[-1]
+    assert (gave_up.alert, gave_up.state.gave_up) == ("not_ready", True)
+    assert gave_up.reason == (
+        "1/2 replicas ready 135s after scale_up 1->2: the new pods are not ready; "
+        "no more scale-ups this incident, rollback to 1 after the cooldown"
+    )
+    assert gave_up.memory == replace(
+        up.memory, rollback_to=1, last_action="give_up 1->2 (not_ready)", last_action_at=T0 + 180
+    )
+    later = w.feed(hot, 11)  # up to T0 + 345: the cooldown ends
+    assert [d.action for d in later] == ["none"] * 10 + ["rollback"]
+    rollback = later[-1]
+    assert rollback.reason == "scaling did not help and the cooldown is over: rollback 2->1"
+    assert rollback.memory == Memory(
+        last_action="rollback 2->1", last_action_at=T0 + 345, cooldown_until=T0 + 645
+    )
+    assert {d.action for d in w.feed(hot, 40)} == {"none"}  # no scale_up this incident
+
+
+def test_latency_not_easing_after_verify_passes_gives_up() -> None:
+    w = Workload()
+    w.feed(hot, 3)
+    after = w.feed(hot, 5)
+    assert [d.action for d in after] == ["none"] * 4 + ["give_up"]
+    assert (after[-1].alert, after[-1].memory.rollback_to) == ("not_helping", 1)
+    assert after[-1].reason == (
+        "p95_latency_seconds 0.84 vs baseline 0.05 (up), rps 150 vs baseline 40 (up) "
+        "5 samples after scale_up 1->2: scaling did not help (p95 +0.79s off baseline); "
+        "no more scale-ups this incident, rollback to 1 after the cooldown"
+    )
+
+
+def test_latency_halved_passes_the_verification() -> None:
+    w = Workload()
+    w.feed(hot, 3)
+    after = w.feed(lambda t: hot(t, p95=0.4), 5)  # excess 0.35 <= 0.79 / 2
+    assert {d.action for d in after} == {"none"}
+    assert w.state.verify is None and not w.state.gave_up
+
+
+def test_scale_down_steps_once_per_cooldown_to_the_original_and_clears_the_record() -> None:
+    w = Workload(replicas=3, memory=replace(SCALED, replicas_set=3, cooldown_until=T0))
+    steps = [d for d in w.feed(normal, 60) if d.action != "none"]
+    assert [(d.action, d.replicas_after, d.reason) for d in steps] == [
+        ("scale_down", 2, "calm for 300s; scale_down 3->2 (toward 1)"),
+        ("scale_down", 1, "calm for 600s; scale_down 2->1 (original replicas)"),
+    ]
+    assert steps[0].memory == replace(
+        SCALED,
+        replicas_set=2,
+        last_action="scale_down 3->2",
+        last_action_at=T0 + 315,
+        cooldown_until=T0 + 615,
+    )
+    assert steps[1].memory == Memory(
+        last_action="scale_down 2->1", last_action_at=T0 + 615, cooldown_until=T0 + 915
+    )
+
+
+def test_below_the_minimum_the_record_is_cleared_without_scaling() -> None:
+    limits = Limits(min_replicas=2, max_replicas=3)
+    w = Workload(replicas=2, memory=replace(SCALED, cooldown_until=T0), limits=limits)
+    steps = [d for d in w.feed(normal, 30) if d.action != "none"]
+    assert [(d.action, d.replicas_after, d.reason) for d in steps] == [
+        ("release", 2, "calm for 300s at 2 replicas (target 2): record cleared")
+    ]
+    assert steps[0].memory.original_replicas is None
+
+
+def test_unapplied_is_the_decision_as_if_nothing_had_been_done() -> None:
+    up = Workload().feed(hot, 3)[-1]
+    held = unapplied(up, "dry-run")
+    assert (held.action, held.replicas_after, held.alert) == ("none", 1, None)
+    assert held.reason == f"{up.reason} (not applied: dry-run)"
+    assert held.memory == Memory() and held.state.verify is None
+    assert held.confirmed and held.state.incident_open  # the incident itself stands
+    assert unapplied(held, "again") is held
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("verify_passes", 0, "verify_passes must be >= 1, got 0"),
+        ("verify_ready_seconds", -1, "verify_ready_seconds must be >= 0, got -1"),
+        ("max_actions_per_pass", 0, "max_actions_per_pass must be >= 1, got 0"),
+        ("max_actions_per_hour", 0, "max_actions_per_hour must be >= 1, got 0"),
+        ("scale_down_after_seconds", -5, "scale_down_after_seconds must be >= 0 or None, got -5"),
+        ("hpa_mode", "x", "hpa_mode must be one of alert, raise_min, got 'x'"),
+        ("cooldown_seconds", -1, "cooldown_seconds must be >= 0, got -1"),
+    ],
+)
+def test_bad_policy_params_name_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        PolicyParams(**{field: value})  # type: ignore[arg-type]
+
+
+def test_policy_params_defaults() -> None:
+    p = PolicyParams()
+    assert (p.scale_down_after_seconds, p.verify_ready_seconds, p.verify_passes) == (300, 120, 5)
+    assert (p.hpa_mode, p.restart_on_memory_leak) == ("alert", False)
+    assert (p.max_actions_per_pass, p.max_actions_per_hour) == (10, 60)
+    assert PolicyParams(scale_down_after_seconds=None).scale_down_after_seconds is None
+
+
+def test_a_restart_after_give_up_still_rolls_back_from_the_annotations() -> None:
+    """No in-process state survives a restart; the rollback-to annotation does."""
+    gave_up = replace(SCALED, rollback_to=1, last_action="give_up 1->2 (not_helping)")
+    memory, problems = memory_from_annotations(memory_to_annotations(gave_up))
+    w = Workload(replicas=2, memory=memory)
+    w.t = T0 + 285  # first sample at T0 + 300, when the cooldown ends
+    d = w.feed(hot)[0]
+    assert problems == () and (d.action, d.replicas_after) == ("rollback", 1)
+    assert d.memory.original_replicas is None and d.memory.rollback_to is None

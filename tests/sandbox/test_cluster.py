@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from sandbox.cluster import ARGS_ANNOTATION, Kubelet, app_settings
+from sandbox.deploystatus import deployment_status, replicaset_name
 from sandbox.kubeapi import ADMIN_USER, KubeAPIServer
 from sandbox.procs import cmdline, pid_alive, wait_until
 from sandbox.world import AppSpec, app_deployment
@@ -23,6 +26,45 @@ from sandbox.world import AppSpec, app_deployment
 NS, NAME = "aegisops", "aegisops-app"
 STATUS_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}/status"
 Targets = list[tuple[str, dict[str, str]]]
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+STAMP = "2026-11-26T12:00:00Z"
+
+
+def _clock() -> datetime:
+    return NOW
+
+
+def _conditions(*, available: bool, progressing: str) -> list[dict[str, str]]:
+    """The Deployment conditions kube's controller writes, at the fixed clock."""
+    rs = replicaset_name(app_deployment(spec=AppSpec()))
+    messages = {
+        "NewReplicaSetAvailable": f'ReplicaSet "{rs}" has successfully progressed.',
+        "ReplicaSetUpdated": f'ReplicaSet "{rs}" is progressing.',
+    }
+    return [
+        {
+            "type": "Available",
+            "status": "True" if available else "False",
+            "lastUpdateTime": STAMP,
+            "lastTransitionTime": STAMP,
+            "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+            "message": "Deployment has minimum availability."
+            if available
+            else "Deployment does not have minimum availability.",
+        },
+        {
+            "type": "Progressing",
+            "status": "True",
+            "lastUpdateTime": STAMP,
+            "lastTransitionTime": STAMP,
+            "reason": progressing,
+            "message": messages[progressing],
+        },
+    ]
+
+
+COMPLETE = _conditions(available=True, progressing="NewReplicaSetAvailable")
 
 
 @pytest.fixture
@@ -60,6 +102,7 @@ def test_scale_up_and_down_runs_processes_writes_status_and_targets(
         api_client=api_client,
         on_targets=lambda ns, name, targets: published.append(targets),
         targets_file=targets_file,
+        clock=_clock,
     )
     with kubelet:
         [first] = kubelet.replicas(namespace=NS, name=NAME)
@@ -81,8 +124,10 @@ def test_scale_up_and_down_runs_processes_writes_status_and_targets(
             "updatedReplicas": 1,
             "readyReplicas": 1,
             "availableReplicas": 1,
+            "unavailableReplicas": None,
+            "conditions": COMPLETE,
         }
-        assert _status(api) == one
+        assert _status(api) == {k: v for k, v in one.items() if v is not None}
         [patch] = api.requests(verb="patch", subresource="status")
         assert (patch.path, patch.user, patch.content_type, patch.body) == (
             STATUS_PATH,
@@ -124,10 +169,10 @@ def test_scale_to_zero_omits_counts_like_kubernetes(
     api: KubeAPIServer, api_client: k8s.ApiClient
 ) -> None:
     api.create(app_deployment(spec=AppSpec(replicas=1)))
-    with Kubelet(api_client=api_client) as kubelet:
+    with Kubelet(api_client=api_client, clock=_clock) as kubelet:
         _scale(api_client, 0)
         wait_until(lambda: "replicas" not in _status(api), timeout=20, message="status emptied")
-        assert _status(api) == {"observedGeneration": 2}
+        assert _status(api) == {"observedGeneration": 2, "conditions": COMPLETE}
         assert kubelet.replicas(namespace=NS, name=NAME) == []
 
 
@@ -259,3 +304,102 @@ def test_failed_spawn_stops_the_replicas_already_started(
         )
     finally:
         kubelet.stop()
+
+
+def test_capacity_keeps_replicas_pending_until_it_grows(
+    api: KubeAPIServer,
+    api_client: k8s.ApiClient,
+    tmp_path: Path,
+    kubectl_for: Callable[[KubeAPIServer], Kubectl],
+) -> None:
+    api.create(app_deployment(spec=AppSpec(replicas=1)))
+    published: list[Targets] = []
+    targets_file = tmp_path / "targets.txt"
+    kubectl = kubectl_for(api)
+    with Kubelet(
+        api_client=api_client,
+        capacity=2,
+        clock=_clock,
+        on_targets=lambda ns, name, targets: published.append(targets),
+        targets_file=targets_file,
+    ) as kubelet:
+        _scale(api_client, 3)
+        wait_until(lambda: _status(api).get("readyReplicas") == 2, timeout=20, message="2 ready")
+        assert _status(api) == {
+            "observedGeneration": 2,
+            "replicas": 3,
+            "updatedReplicas": 3,
+            "readyReplicas": 2,
+            "availableReplicas": 2,
+            "unavailableReplicas": 1,
+            "conditions": _conditions(available=False, progressing="ReplicaSetUpdated"),
+        }
+        running = kubelet.replicas(namespace=NS, name=NAME)
+        assert len(running) == 2 and len(kubelet.pids()) == 2
+        assert len(published[-1]) == 2
+        assert targets_file.read_text() == "".join(f"{r.url}\n" for r in running)
+        waiting = kubectl(
+            "rollout", "status", f"deployment/{NAME}", "-n", NS, "--timeout=1s", check=False
+        )
+        assert waiting.returncode == 1
+        assert waiting.stdout.splitlines()[-1] == (
+            f'Waiting for deployment "{NAME}" rollout to finish: '
+            "2 of 3 updated replicas are available..."
+        )
+
+        kubelet.set_capacity(3)
+        wait_until(lambda: _status(api).get("readyReplicas") == 3, timeout=20, message="3 ready")
+        assert _status(api) == {
+            "observedGeneration": 2,
+            "replicas": 3,
+            "updatedReplicas": 3,
+            "readyReplicas": 3,
+            "availableReplicas": 3,
+            "conditions": COMPLETE,
+        }
+        assert [r.pod for r in kubelet.replicas(namespace=NS, name=NAME)][:2] == [
+            r.pod for r in running
+        ]
+        done = kubectl("rollout", "status", f"deployment/{NAME}", "-n", NS, "--timeout=5s")
+        assert done.stdout == f'deployment "{NAME}" successfully rolled out\n'
+
+        kubelet.set_capacity(1)  # shrinking evicts nothing
+        _scale(api_client, 2)
+        wait_until(lambda: _status(api).get("readyReplicas") == 2, timeout=20, message="2 ready")
+        assert len(kubelet.pids()) == 2
+
+
+def test_capacity_must_be_a_whole_number(api_client: k8s.ApiClient) -> None:
+    with pytest.raises(ValueError, match=r"^capacity must be None or a whole number >= 0, got -1$"):
+        Kubelet(api_client=api_client, capacity=-1)
+
+
+def _progressing(status: dict[str, Any]) -> tuple[str, str, str]:
+    [found] = [c for c in status["conditions"] if c["type"] == "Progressing"]
+    return found["status"], found["reason"], found["lastUpdateTime"]
+
+
+def test_progress_deadline_and_max_unavailable_like_kubernetes() -> None:
+    deployment = app_deployment(spec=AppSpec(replicas=4))
+    deployment["metadata"]["generation"] = 1
+    deployment["spec"]["progressDeadlineSeconds"] = 60
+    first = deployment_status(deployment=deployment, ready=2, now=NOW)
+    assert _progressing(first) == ("True", "ReplicaSetUpdated", STAMP)
+    deployment["status"] = first
+    # one more ready 30 s later: progress moves lastUpdateTime, not lastTransitionTime
+    later = deployment_status(deployment=deployment, ready=3, now=NOW + timedelta(seconds=30))
+    assert _progressing(later) == ("True", "ReplicaSetUpdated", "2026-11-26T12:00:30Z")
+    [moved] = [c for c in later["conditions"] if c["type"] == "Progressing"]
+    assert moved["lastTransitionTime"] == STAMP
+    # 3 of 4 with maxUnavailable 25% (1): available; within the deadline: unchanged
+    assert later["conditions"][0]["reason"] == "MinimumReplicasAvailable"
+    deployment["status"] = later
+    stalled = deployment_status(deployment=deployment, ready=3, now=NOW + timedelta(seconds=90))
+    assert stalled == later
+    # 61 s after the last progress: ProgressDeadlineExceeded, as kubectl rollout status reports
+    gone = deployment_status(deployment=deployment, ready=3, now=NOW + timedelta(seconds=91))
+    assert _progressing(gone) == ("False", "ProgressDeadlineExceeded", "2026-11-26T12:01:31Z")
+    # Recreate has no maxUnavailable: 3 of 4 is not available
+    deployment["spec"]["strategy"] = {"type": "Recreate"}
+    recreate = deployment_status(deployment=deployment, ready=3, now=NOW)
+    assert recreate["conditions"][0]["reason"] == "MinimumReplicasUnavailable"

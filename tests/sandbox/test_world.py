@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from sampleapp.profiles import Steady
+from sandbox.hpa import HPA_USER
 from sandbox.procs import pid_alive, stop_process, wait_until
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, AppSpec, World
 
@@ -116,8 +117,72 @@ def test_slack_and_prometheus_urls_and_teardown_on_exception() -> None:
         raise RuntimeError("boom")
     assert not any(pid_alive(pid) for pid in pids)
     assert not world.dir.exists()
-    leftover = {"kubelet", "kubelet-watch", "slack-receiver", "kubeapi-serve", "loadgen-dispatch"}
+    leftover = {
+        "kubelet",
+        "kubelet-watch",
+        "slack-receiver",
+        "kubeapi-serve",
+        "loadgen-dispatch",
+        "hpa-controller",
+        "promproxy",
+    }
     assert [t.name for t in threading.enumerate() if t.name in leftover] == []
+
+
+def test_capacity_pending_replicas_hpa_bounds_and_the_engines_prometheus_url() -> None:
+    with World(capacity=2) as world:
+        world.scale(3)
+        status = world.wait_for(
+            lambda: (s := world.deployment()["status"]).get("readyReplicas") == 2 and s,
+            timeout=30,
+            message="two of three ready",
+        )
+        assert (status["replicas"], status["updatedReplicas"], status["unavailableReplicas"]) == (
+            3,
+            3,
+            1,
+        )
+        assert world.replicas() == 2 and len(world.kubelet.pids()) == 2
+        world.wait_for(lambda: _value(world, UP) == 2, timeout=30, message="two scraped")
+        assert len(world.prometheus.query(f'up{{deployment="{DEPLOYMENT}"}}')) == 2
+
+        world.set_capacity(3)
+        world.wait_for(
+            lambda: world.deployment()["status"].get("readyReplicas") == 3,
+            timeout=30,
+            message="three ready",
+        )
+        world.wait_for(lambda: _value(world, UP) == 3, timeout=30, message="three scraped")
+
+        # the engine reads through the fault proxy, which starts in mode ok
+        assert world.engine_prometheus_url == world.prom_proxy.url != world.prometheus_url
+        through = requests.get(
+            f"{world.engine_prometheus_url}/api/v1/query", params={"query": UP}, timeout=10
+        ).json()
+        assert through["data"]["result"][0]["value"][1] == "3"
+
+        created = world.add_hpa(min_replicas=1, max_replicas=2)
+        assert created["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": DEPLOYMENT,
+        }
+        world.wait_for(lambda: world.replicas() == 2, timeout=30, message="HPA clamp to 2")
+        scale_writes = world.api.requests(verb="patch", subresource="scale")
+        assert [(e.user, e.body) for e in scale_writes][-1] == (
+            HPA_USER,
+            {"spec": {"replicas": 2}},
+        )
+        world.wait_for(
+            lambda: (
+                (st := world.hpa().get("status", {}))
+                and (st["currentReplicas"], st["desiredReplicas"]) == (2, 2)
+            ),
+            timeout=10,
+            message="HPA status current 2, desired 2",
+        )
+        world.delete_hpa()
+        assert world.api.objects("horizontalpodautoscalers", NAMESPACE) == []
 
 
 SCRIPT = """

@@ -1,0 +1,111 @@
+"""Memory: the Deployment's aegisops.dev/ annotations, round trips and tolerant parsing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from aegisops.memory import (
+    ANNOTATION_KEYS,
+    COOLDOWN_UNTIL,
+    HPA_ORIGINAL_MIN,
+    LAST_ACTION,
+    LAST_ACTION_AT,
+    ORIGINAL_REPLICAS,
+    REPLICAS_SET,
+    ROLLBACK_TO,
+    Memory,
+    memory_from_annotations,
+    memory_to_annotations,
+)
+from aegisops.policy import Memory as ReExported
+from aegisops.policy import memory_from_annotations as re_exported
+
+T0 = 1_764_151_200.0  # 2025-11-26T10:00:00Z
+
+
+def test_memory_round_trips_through_annotations() -> None:
+    memory = Memory(
+        original_replicas=2,
+        last_action="scale_up 2->3",
+        last_action_at=T0,
+        cooldown_until=T0 + 300,
+    )
+    annotations = memory_to_annotations(memory)
+    assert annotations == {
+        ORIGINAL_REPLICAS: "2",
+        LAST_ACTION: "scale_up 2->3",
+        LAST_ACTION_AT: "2025-11-26T10:00:00Z",
+        COOLDOWN_UNTIL: "2025-11-26T10:05:00Z",
+    }
+    assert memory_from_annotations(annotations) == (memory, ())
+    assert memory_to_annotations(Memory()) == {}
+    assert memory_from_annotations(None) == (Memory(), ())
+
+
+def test_garbage_annotations_are_ignored_with_a_reason() -> None:
+    memory, problems = memory_from_annotations(
+        {
+            ORIGINAL_REPLICAS: "three",
+            COOLDOWN_UNTIL: "tomorrow",
+            LAST_ACTION_AT: "2025-11-26T10:00:00",  # no offset: not RFC 3339
+            LAST_ACTION: "scale_up 1->2",
+            "unrelated/annotation": "x",
+        }
+    )
+    assert memory == Memory(last_action="scale_up 1->2")
+    assert problems == (
+        "aegisops.dev/original-replicas: 'three' is not a replica count; ignored",
+        "aegisops.dev/last-action-at: '2025-11-26T10:00:00' is not an RFC 3339 UTC timestamp;"
+        " ignored",
+        "aegisops.dev/cooldown-until: 'tomorrow' is not an RFC 3339 UTC timestamp; ignored",
+    )
+
+
+@pytest.mark.parametrize("raw", ["²", "٣", "1.5", "-1", ""])
+def test_original_replicas_needs_ascii_digits_and_never_raises(raw: str) -> None:
+    memory, problems = memory_from_annotations({ORIGINAL_REPLICAS: raw})
+    assert memory.original_replicas is None
+    assert problems == (f"aegisops.dev/original-replicas: {raw!r} is not a replica count; ignored",)
+
+
+def test_offsets_are_accepted_in_annotations() -> None:
+    memory, problems = memory_from_annotations({COOLDOWN_UNTIL: "2025-11-26T11:05:00+01:00"})
+    assert problems == ()
+    assert memory.cooldown_until == T0 + 300
+
+
+def test_the_new_annotations_round_trip_too() -> None:
+    memory = Memory(
+        original_replicas=1,
+        replicas_set=3,
+        last_action="give_up 2->3 (not_helping)",
+        last_action_at=T0,
+        cooldown_until=T0 + 299.2,  # rounded up: a cooldown never shrinks
+        rollback_to=2,
+        hpa_original_min=1,
+    )
+    annotations = memory_to_annotations(memory)
+    assert annotations == {
+        ORIGINAL_REPLICAS: "1",
+        REPLICAS_SET: "3",
+        LAST_ACTION: "give_up 2->3 (not_helping)",
+        LAST_ACTION_AT: "2025-11-26T10:00:00Z",
+        COOLDOWN_UNTIL: "2025-11-26T10:05:00Z",
+        ROLLBACK_TO: "2",
+        HPA_ORIGINAL_MIN: "1",
+    }
+    assert list(annotations) == list(ANNOTATION_KEYS)
+    assert memory_from_annotations(annotations) == (replace(memory, cooldown_until=T0 + 300), ())
+
+
+@pytest.mark.parametrize("key", [REPLICAS_SET, ROLLBACK_TO, HPA_ORIGINAL_MIN])
+def test_new_counts_are_read_tolerantly(key: str) -> None:
+    memory, problems = memory_from_annotations({key: "two", LAST_ACTION: "scale_up 1->2"})
+    assert memory == Memory(last_action="scale_up 1->2")
+    assert problems == (f"{key}: 'two' is not a replica count; ignored",)
+
+
+def test_policy_re_exports_the_memory_names() -> None:
+    assert ReExported is Memory and re_exported is memory_from_annotations
