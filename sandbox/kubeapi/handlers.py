@@ -87,7 +87,8 @@ class Handlers:
         return objects.to_scale(obj) if req.info.subresource == "scale" else obj
 
     def _check_fields(self, req: Request, rt: ResourceType, obj: Obj, warnings: list[str]) -> Obj:
-        """Wrong JSON types -> 400 like kube's decoder; unknown fields per fieldValidation:
+        """Wrong JSON types or a bad MicroTime -> 400 like kube's decoder (MicroTimes are
+        stored normalized, as kube writes them back); unknown fields per fieldValidation:
         Strict -> 400 naming them, Warn (default) -> dropped with a Warning, Ignore -> dropped."""
         if rt.custom:
             return obj
@@ -97,6 +98,10 @@ class Handlers:
         wrong_type = schema.type_error(obj, node, struct=kind)
         if wrong_type:
             raise errors.bad_request(f"{cannot}: {wrong_type}")
+        try:
+            obj = schema.microtimes(obj, node)
+        except ValueError as err:
+            raise errors.bad_request(f"{cannot}: {err}") from None
         unknown = schema.unknown_fields(obj, node)
         if not unknown:
             return obj

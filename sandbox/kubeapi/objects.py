@@ -37,6 +37,8 @@ def prepare_new(rt: ResourceType, namespace: str, body: Obj) -> Obj:
         obj["status"] = {"phase": "Active"}
     if rt.kind == "Deployment":
         _default_deployment(obj)
+    if rt.kind == "HorizontalPodAutoscaler":
+        _default_hpa(obj)
     return fold_string_data(rt, obj)
 
 
@@ -60,6 +62,13 @@ def _default_deployment(obj: Obj) -> None:
         {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
     )
     obj.setdefault("status", {})
+
+
+def _default_hpa(obj: Obj) -> None:
+    """autoscaling/v2 defaulting, run by kube on every write: minReplicas 1 when absent."""
+    spec = obj.get("spec")
+    if isinstance(spec, dict) and spec.get("minReplicas") is None:
+        spec["minReplicas"] = 1
 
 
 def validate(rt: ResourceType, obj: Obj) -> None:
@@ -128,6 +137,8 @@ def merge_main(rt: ResourceType, current: Obj, desired: Obj) -> Obj:
             out.pop("status", None)
     if rt.kind == "Namespace":
         out["status"] = copy.deepcopy(current.get("status", {}))
+    if rt.kind == "HorizontalPodAutoscaler":
+        _default_hpa(out)
     return fold_string_data(rt, out)
 
 

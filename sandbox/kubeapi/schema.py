@@ -8,8 +8,10 @@ A kind without a schema here (the CRDs) is schemaless: anything goes.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -205,3 +207,43 @@ def type_error(obj: Any, node: Node | None, path: str = "", struct: str = "") ->
             if found:
                 return found
     return None
+
+
+_MICROTIME_REF = _REF_PREFIX + "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime"
+_MICROTIME_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"  # Go's metav1.RFC3339Micro
+_MICROTIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(.*)$")
+_MICRO_TAIL = re.compile(r"^\.(\d{6})(Z|[+-]\d{2}:\d{2})$")
+
+
+def microtimes(obj: Any, node: Node | None) -> Any:
+    """`obj` with every metav1.MicroTime (a Lease's acquireTime/renewTime, an Event's
+    eventTime) parsed as kube-apiserver does - exactly six fraction digits, `Z` or an
+    offset - and stored as kube writes it back: UTC, `...05.000000Z`. ValueError (Go's
+    time.Parse message) for one that kube would reject."""
+    if node is None or obj is None:
+        return obj
+    if node.schema.get("$ref") == _MICROTIME_REF and isinstance(obj, str):
+        return _microtime(obj)
+    if isinstance(obj, dict):
+        return {key: microtimes(value, node.field(key)) for key, value in obj.items()}
+    if isinstance(obj, list):
+        item = node.items()
+        return [microtimes(value, item) for value in obj]
+    return obj
+
+
+def _microtime(text: str) -> str:
+    head = _MICROTIME.match(text)
+    tail = _MICRO_TAIL.match(head.group(2)) if head else None
+    if head is None or tail is None:
+        rest = head.group(2) if head else text
+        element = ".000000" if head else "2006"
+        raise ValueError(
+            f'parsing time "{text}" as "{_MICROTIME_LAYOUT}": cannot parse "{rest}" as "{element}"'
+        )
+    zone = "+00:00" if tail.group(2) == "Z" else tail.group(2)
+    try:
+        moment = dt.datetime.fromisoformat(f"{head.group(1)}.{tail.group(1)}{zone}")
+    except ValueError as err:
+        raise ValueError(f'parsing time "{text}": {err}') from None
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,11 +1,13 @@
 """aegisops.kube against the Kubernetes API emulator over HTTPS, with the official client.
 
-The emulator runs in RBAC mode with the project's kubernetes/rbac.yaml, and the client
+The emulator runs in RBAC mode with the project's kubernetes/rbac.yaml (plus the opt-in
+examples for raise_min and discovery, which the calls they cover need), and the client
 authenticates as the engine's service account (in-cluster files or a kubeconfig).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +22,18 @@ from aegisops.kube import (
     KubeAuthError,
     KubeClient,
     KubeUnavailable,
+    LeaseInfo,
     NotFound,
 )
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import free_port
 
-RBAC = Path(__file__).resolve().parents[2] / "kubernetes" / "rbac.yaml"
+MANIFESTS = Path(__file__).resolve().parents[2] / "kubernetes"
+RBAC = MANIFESTS / "rbac.yaml"
+EXAMPLES = [
+    MANIFESTS / "examples" / "rbac-hpa-raise-min.yaml",
+    MANIFESTS / "examples" / "rbac-discovery.yaml",
+]
 TOKEN = "engine-sa-token"
 ENGINE_USER = "system:serviceaccount:aegisops:aegisops-engine"
 NS, APP = "aegisops", "web"
@@ -51,6 +59,15 @@ def deployment(name: str, *, namespace: str = NS, replicas: int = 1) -> dict[str
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[KubeAPIServer]:
+    rbac = [RBAC, *EXAMPLES]
+    with KubeAPIServer(tls=True, rbac_files=rbac, tokens={TOKEN: ENGINE_USER}) as server:
+        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        yield server
+
+
+@pytest.fixture(scope="module")
+def bare_api() -> Iterator[KubeAPIServer]:
+    """kubernetes/rbac.yaml alone: what the engine may do without the opt-in examples."""
     with KubeAPIServer(tls=True, rbac_files=[RBAC], tokens={TOKEN: ENGINE_USER}) as server:
         server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
         yield server
@@ -251,3 +268,245 @@ def test_can_i_reflects_the_role(api: KubeAPIServer, incluster: KubeClient) -> N
     assert can("list", "autoscaling", "horizontalpodautoscalers")
     assert not can("delete", "apps", "deployments")
     assert not can("update", "apps", "deployments", "scale")
+
+
+def hpa_manifest(
+    name: str, *, target: str, min_replicas: int | None = 1, kind: str = "Deployment"
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target},
+        "maxReplicas": 4,
+    }
+    if min_replicas is not None:
+        spec["minReplicas"] = min_replicas
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+@pytest.fixture
+def bare(bare_api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
+    env = bare_api.incluster_files(tmp_path / "bare-sa", token=TOKEN)
+    with KubeClient(config=settings(sa_dir=tmp_path / "bare-sa"), environ=env) as kube:
+        yield kube
+
+
+# -- Deployments: facts, discovery, restart --------------------------------------------
+
+
+def test_deployment_info_has_labels_ready_replicas_and_generation(
+    api: KubeAPIServer, app: str, incluster: KubeClient
+) -> None:
+    info = incluster.get_deployment(namespace=NS, name=app)
+    assert (dict(info.labels), info.ready_replicas, info.generation) == ({"app": app}, 0, 1)
+    api.patch("deployments", NS, app, {"status": {"replicas": 1, "readyReplicas": 1}})
+    assert incluster.get_deployment(namespace=NS, name=app).ready_replicas == 1
+
+
+def test_list_deployments_by_label_selector(
+    api: KubeAPIServer, app: str, incluster: KubeClient
+) -> None:
+    opted = deployment("opted")
+    opted["metadata"]["labels"]["aegisops.dev/enabled"] = "true"
+    api.create(opted)
+    try:
+        found = incluster.list_deployments(namespace=NS, label_selector="aegisops.dev/enabled=true")
+    finally:
+        api.delete("deployments", NS, "opted")
+    assert list(found) == ["opted"]
+    assert found["opted"].labels == {"app": "opted", "aegisops.dev/enabled": "true"}
+    [entry] = api.requests(verb="list")
+    assert entry.path == f"/apis/apps/v1/namespaces/{NS}/deployments"
+    assert entry.query["labelSelector"] == "aegisops.dev/enabled=true"
+    assert (entry.user, entry.code) == (ENGINE_USER, 200)
+
+
+def test_restart_stamps_the_pod_template_like_kubectl_rollout_restart(
+    api: KubeAPIServer, app: str, incluster: KubeClient
+) -> None:
+    at = "2026-11-26T12:00:00Z"
+    info = incluster.restart(namespace=NS, name=app, at=at)
+    assert info.generation == 2
+    [entry] = api.requests(verb="patch")
+    assert entry.path == f"/apis/apps/v1/namespaces/{NS}/deployments/{app}"
+    assert entry.content_type == MERGE
+    assert entry.body == {
+        "spec": {
+            "template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": at}}}
+        }
+    }
+    template = api.get("deployments", NS, app)["spec"]["template"]["metadata"]
+    assert template["annotations"] == {"kubectl.kubernetes.io/restartedAt": at}
+
+
+# -- HPAs -------------------------------------------------------------------------------
+
+
+def test_hpas_are_keyed_by_target_with_the_api_default_min(
+    api: KubeAPIServer, incluster: KubeClient
+) -> None:
+    api.create(hpa_manifest("web-hpa", target="web", min_replicas=None))
+    api.create(hpa_manifest("api-hpa", target="api", min_replicas=2))
+    api.create(hpa_manifest("set-hpa", target="db", kind="StatefulSet"))
+    try:
+        found = incluster.hpas(namespace=NS)
+        targets = incluster.hpa_targets(namespace=NS)
+    finally:
+        for name in ("web-hpa", "api-hpa", "set-hpa"):
+            api.delete("horizontalpodautoscalers.autoscaling", NS, name)
+    assert sorted(found) == ["api", "web"] and targets == {"api", "web"}
+    assert (found["web"].name, found["web"].min_replicas, found["web"].max_replicas) == (
+        "web-hpa",
+        1,
+        4,
+    )
+    assert (found["api"].name, found["api"].min_replicas) == ("api-hpa", 2)
+    assert found["api"].resource_version
+
+
+def test_patch_hpa_min_sends_exactly_the_floor(api: KubeAPIServer, incluster: KubeClient) -> None:
+    api.create(hpa_manifest("web-hpa", target="web", min_replicas=1))
+    api.clear_requests()
+    try:
+        info = incluster.patch_hpa_min(namespace=NS, name="web-hpa", min_replicas=3)
+        stored = api.get("horizontalpodautoscalers.autoscaling", NS, "web-hpa")["spec"]
+    finally:
+        api.delete("horizontalpodautoscalers.autoscaling", NS, "web-hpa")
+    assert (info.name, info.min_replicas, info.max_replicas) == ("web-hpa", 3, 4)
+    [entry] = api.requests(verb="patch")
+    assert entry.path == f"/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/web-hpa"
+    assert (entry.content_type, entry.body, entry.code) == (
+        MERGE,
+        {"spec": {"minReplicas": 3}},
+        200,
+    )
+    assert (stored["minReplicas"], stored["maxReplicas"]) == (3, 4)
+
+
+# -- Leases -----------------------------------------------------------------------------
+
+LEASE = "aegisops-engine"
+T0 = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def test_lease_create_get_replace_round_trip_with_microtime(
+    api: KubeAPIServer, incluster: KubeClient
+) -> None:
+    with pytest.raises(NotFound, match=f"get leases {NS}/{LEASE}: 404 NotFound"):
+        incluster.get_lease(namespace=NS, name=LEASE)
+    mine = LeaseInfo(holder="a", duration_seconds=15, acquire_time=T0, renew_time=T0, transitions=0)
+    try:
+        created = incluster.create_lease(namespace=NS, name=LEASE, lease=mine)
+        assert created == LeaseInfo(
+            holder="a",
+            duration_seconds=15,
+            acquire_time=T0,
+            renew_time=T0,
+            transitions=0,
+            resource_version=created.resource_version,
+        )
+        assert incluster.get_lease(namespace=NS, name=LEASE) == created
+        later = T0 + dt.timedelta(seconds=5, microseconds=250)
+        renew = LeaseInfo(
+            holder="a",
+            duration_seconds=15,
+            acquire_time=T0,
+            renew_time=later,
+            transitions=0,
+            resource_version=created.resource_version,
+        )
+        renewed = incluster.replace_lease(namespace=NS, name=LEASE, lease=renew)
+        assert renewed.renew_time == later and renewed.acquire_time == T0
+        assert renewed.resource_version != created.resource_version
+    finally:
+        api.delete("leases", NS, LEASE)
+    [post] = api.requests(verb="create", resource="leases")
+    assert post.path == f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+    assert post.body == {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": LEASE, "namespace": NS},
+        "spec": {
+            "holderIdentity": "a",
+            "leaseDurationSeconds": 15,
+            "leaseTransitions": 0,
+            "acquireTime": "2026-11-26T12:00:00.000000Z",
+            "renewTime": "2026-11-26T12:00:00.000000Z",
+        },
+    }
+    [put] = api.requests(verb="update", resource="leases")
+    assert put.path == f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{LEASE}"
+    assert put.body["metadata"] == {
+        "name": LEASE,
+        "namespace": NS,
+        "resourceVersion": created.resource_version,
+    }
+    assert put.body["spec"]["renewTime"] == "2026-11-26T12:00:05.000250Z"
+    assert put.body["spec"]["acquireTime"] == "2026-11-26T12:00:00.000000Z"
+
+
+def test_lease_races_are_conflicts(api: KubeAPIServer, incluster: KubeClient) -> None:
+    mine = LeaseInfo(holder="a", duration_seconds=15, acquire_time=T0, renew_time=T0, transitions=0)
+    try:
+        first = incluster.create_lease(namespace=NS, name=LEASE, lease=mine)
+        with pytest.raises(Conflict, match=f"create leases {NS}/{LEASE}: 409 AlreadyExists"):
+            incluster.create_lease(namespace=NS, name=LEASE, lease=mine)
+        taken = LeaseInfo(
+            holder="b",
+            duration_seconds=15,
+            acquire_time=T0,
+            renew_time=T0,
+            transitions=1,
+            resource_version=first.resource_version,
+        )
+        incluster.replace_lease(namespace=NS, name=LEASE, lease=taken)
+        with pytest.raises(Conflict, match=f"update leases {NS}/{LEASE}: 409 Conflict"):
+            incluster.replace_lease(namespace=NS, name=LEASE, lease=taken)  # stale now
+        assert incluster.get_lease(namespace=NS, name=LEASE).holder == "b"
+    finally:
+        api.delete("leases", NS, LEASE)
+
+
+# -- what failures carry --------------------------------------------------------------
+
+
+def test_forbidden_names_the_missing_permission(bare_api: KubeAPIServer, bare: KubeClient) -> None:
+    """Without the opt-in examples, discovery and raise_min are refused, and say why."""
+    cases = [
+        (
+            lambda: bare.list_deployments(namespace=NS, label_selector="x=y"),
+            "list deployments in apps, namespace aegisops",
+        ),
+        (
+            lambda: bare.patch_hpa_min(namespace=NS, name="web-hpa", min_replicas=2),
+            "patch horizontalpodautoscalers in autoscaling, namespace aegisops",
+        ),
+        (
+            lambda: bare.get_lease(namespace=NS, name="someone-else"),
+            "get leases in coordination.k8s.io, namespace aegisops",
+        ),
+        (
+            lambda: bare.patch_scale(namespace="default", name="web", replicas=2),
+            "patch deployments/scale in apps, namespace default",
+        ),
+    ]
+    for call, permission in cases:
+        with pytest.raises(Forbidden) as caught:
+            call()
+        assert caught.value.permission == permission
+        assert str(caught.value).endswith(f" (missing permission: {permission})")
+    assert [e.code for e in bare_api.requests(user=ENGINE_USER)] == [403] * len(cases)
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(503, 7), (429, 2), (500, None)])
+def test_unavailable_carries_retry_after(
+    api: KubeAPIServer, app: str, incluster: KubeClient, status: int, retry_after: int | None
+) -> None:
+    api.inject(verb="patch", path=r"/scale$", status=status, times=1, retry_after=retry_after)
+    with pytest.raises(KubeUnavailable) as caught:
+        incluster.patch_scale(namespace=NS, name=app, replicas=2)
+    assert caught.value.retry_after == (None if retry_after is None else float(retry_after))
+    assert str(caught.value).startswith(f"patch deployments/scale {NS}/{app}: {status}")

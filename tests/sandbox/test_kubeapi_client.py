@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -186,7 +188,9 @@ def test_events_with_generate_name_and_leases_with_optimistic_concurrency(
             "metadata": {"generateName": "aegisops-"},
             "reason": "ScaleUp",
             "action": "Scale",
-            "eventTime": "2026-01-01T00:00:00.000000Z",
+            # A MicroTime: the client re-serializes it with isoformat(), which keeps the
+            # six digits only when they are not all zero (see the Lease test below).
+            "eventTime": "2026-01-01T00:00:00.000001Z",
             "reportingController": "aegisops",
             "reportingInstance": "aegisops-0",
             "type": "Normal",
@@ -205,6 +209,81 @@ def test_events_with_generate_name_and_leases_with_optimistic_concurrency(
         leases.replace_namespaced_lease("leader", NS, lease)
     assert lost.value.status == 409
     assert leases.read_namespaced_lease("leader", NS).spec.holder_identity == "b"
+
+
+def test_lease_microtimes_are_parsed_and_stored_as_kube_does(
+    kubeapi: KubeAPIServer, admin: k8s.ApiClient
+) -> None:
+    """kube parses MicroTime with exactly six fraction digits and writes it back in UTC.
+    The client sends datetimes with isoformat(), which drops an all-zero fraction: kube
+    answers that with 400, and so does the emulator."""
+    leases = k8s.CoordinationV1Api(admin)
+    on_the_second = dt.datetime(2026, 1, 1, 0, 0, 0, tzinfo=dt.UTC)
+    lease = {"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a"}}
+    with pytest.raises(ApiException) as rejected:
+        leases.create_namespaced_lease(NS, dict(lease, spec={"renewTime": on_the_second}))
+    assert rejected.value.status == 400
+    assert json.loads(rejected.value.body)["message"] == (
+        'Lease in version "v1" cannot be handled as a Lease: parsing time '
+        '"2026-01-01T00:00:00+00:00" as "2006-01-02T15:04:05.000000Z07:00": '
+        'cannot parse "+00:00" as ".000000"'
+    )
+    assert kubeapi.objects("leases", NS) == []
+
+    # Over plain HTTP (as client-go sends it): an offset is stored as UTC, six digits kept.
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "leader"},
+        "spec": {
+            "holderIdentity": "a",
+            "leaseDurationSeconds": 15,
+            "acquireTime": "2026-01-01T02:00:00.000000+02:00",
+            "renewTime": "2026-01-01T00:00:05.250000Z",
+            "leaseTransitions": 0,
+        },
+    }
+    answer = requests.post(
+        f"{kubeapi.url}/apis/coordination.k8s.io/v1/namespaces/{NS}/leases",
+        json=body,
+        headers={"Authorization": f"Bearer {kubeapi.admin_token}"},
+        verify=str(kubeapi.ca_path),
+        timeout=10,
+    )
+    assert answer.status_code == 201, answer.text
+    spec = kubeapi.get("leases", NS, "leader")["spec"]
+    assert (spec["acquireTime"], spec["renewTime"]) == (
+        "2026-01-01T00:00:00.000000Z",
+        "2026-01-01T00:00:05.250000Z",
+    )
+    read = leases.read_namespaced_lease("leader", NS)
+    assert read.spec.acquire_time == on_the_second
+    assert read.spec.renew_time == on_the_second + dt.timedelta(seconds=5, microseconds=250000)
+    with pytest.raises(ApiException) as exists:
+        leases.create_namespaced_lease(NS, lease)
+    assert (exists.value.status, json.loads(exists.value.body)["reason"]) == (409, "AlreadyExists")
+
+
+def test_hpa_min_replicas_defaults_to_one_and_merge_patches_like_kube(
+    admin: k8s.ApiClient,
+) -> None:
+    hpas = k8s.AutoscalingV2Api(admin)
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}
+    created = hpas.create_namespaced_horizontal_pod_autoscaler(
+        NS, {"metadata": {"name": "web"}, "spec": {"scaleTargetRef": target, "maxReplicas": 4}}
+    )
+    assert created.spec.min_replicas == 1  # autoscaling/v2 defaulting
+    merge = "application/merge-patch+json"
+    raised = hpas.patch_namespaced_horizontal_pod_autoscaler(
+        "web", NS, {"spec": {"minReplicas": 3}}, _content_type=merge
+    )
+    assert (raised.spec.min_replicas, raised.spec.max_replicas) == (3, 4)
+    assert raised.spec.scale_target_ref.name == "web"
+    assert int(raised.metadata.resource_version) > int(created.metadata.resource_version)
+    cleared = hpas.patch_namespaced_horizontal_pod_autoscaler(
+        "web", NS, {"spec": {"minReplicas": None}}, _content_type=merge
+    )
+    assert cleared.spec.min_replicas == 1  # defaulted again, as on every kube write
 
 
 def test_hpas_configmaps_secrets_pods_namespaces(admin: k8s.ApiClient) -> None:

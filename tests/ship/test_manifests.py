@@ -156,8 +156,13 @@ def test_only_the_engine_pod_gets_a_service_account_token() -> None:
 
 def test_engine_deployment_security_probes_resources_and_secret_wiring() -> None:
     deployment = find("Deployment", ENGINE)
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two engines
+    # Two engines, one acting (the Lease holder): a rollout surges a follower first and
+    # never goes below one running engine.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deployment["spec"]["template"]["spec"]
     container = engine_container()
 
@@ -182,6 +187,11 @@ def test_engine_deployment_security_probes_resources_and_secret_wiring() -> None
     assert _quantity(resources["requests"]["cpu"]) <= _quantity(resources["limits"]["cpu"])
     assert _quantity(resources["requests"]["memory"]) <= _quantity(resources["limits"]["memory"])
 
+    downward = {e["name"]: e["valueFrom"] for e in container["env"] if e["name"].startswith("POD_")}
+    assert downward == {
+        "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+        "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    }
     (slack,) = [e for e in container["env"] if e["name"] == "SLACK_WEBHOOK_URL"]
     assert slack["valueFrom"] == {
         "secretKeyRef": {"name": "aegisops-slack", "key": "webhook-url", "optional": True}
@@ -221,6 +231,22 @@ def test_the_shipped_engine_config_loads_and_matches_the_manifests(tmp_path: Any
         config.prometheus.workload_labels.namespace,
         config.prometheus.workload_labels.deployment,
     ) == ("namespace", "deployment")
+
+
+def test_the_lease_the_engine_elects_on_is_the_one_its_role_may_update() -> None:
+    section = yaml.safe_load(engine_config_text())["leader_election"]
+    assert section == {
+        "enabled": True,
+        "lease_name": ENGINE,
+        "namespace": None,  # POD_NAMESPACE: the engine's own namespace
+        "identity": None,  # POD_NAME-<pid>
+        "lease_duration_seconds": 15,
+        "renew_every_seconds": 5,
+    }
+    role = find("Role", ENGINE)
+    assert role["metadata"]["namespace"] == find("Deployment", ENGINE)["metadata"]["namespace"]
+    named = [r for r in role["rules"] if r["resources"] == ["leases"] and "resourceNames" in r]
+    assert [r["resourceNames"] for r in named] == [[section["lease_name"]]]
 
 
 def test_app_scrape_wiring_produces_the_namespace_and_deployment_labels() -> None:

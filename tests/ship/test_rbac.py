@@ -1,7 +1,8 @@
 """RBAC is least privilege, provably: the Role grants exactly the engine's calls
 (docs/design.md), and running those calls as the engine's service account against the
 emulator, in RBAC mode loaded from kubernetes/rbac.yaml, uses every rule and is never
-denied. SelfSubjectAccessReviews (`aegisops check`) are granted to every authenticated
+denied. The opt-in examples (kubernetes/examples/) grant exactly what raise_min and
+discovery add. SelfSubjectAccessReviews (`aegisops check`) are granted to every authenticated
 user by system:basic-user in real clusters, so they are not in the Role.
 """
 
@@ -11,6 +12,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,19 +20,45 @@ from ship_helpers import APP, BIN, ENGINE, MANIFESTS, NAMESPACE, engine_config_t
 
 from aegisops.config import KubernetesConfig
 from aegisops.kube import Forbidden, KubeClient
+from aegisops.leader import LeaderElector, LeaderParams
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.prometheus import PrometheusServer
 
 ENGINE_USER = f"system:serviceaccount:{NAMESPACE}:{ENGINE}"
 TOKEN = "engine-sa-token"
 RBAC_FILE = MANIFESTS / "rbac.yaml"
+HPA_EXAMPLE = MANIFESTS / "examples" / "rbac-hpa-raise-min.yaml"
+DISCOVERY_EXAMPLE = MANIFESTS / "examples" / "rbac-discovery.yaml"
+LEASE = ENGINE  # leader_election.lease_name in the shipped config
 
-# (apiGroup, resource) -> verbs: exactly the calls listed in docs/design.md.
+# (apiGroup, resource, resourceNames) -> verbs: exactly the calls listed in docs/design.md
+# and docs/safety.md. `create` cannot be limited by name (RBAC does not know it yet).
 EXPECTED = {
-    ("apps", "deployments"): {"get", "patch"},
-    ("apps", "deployments/scale"): {"get", "patch"},
-    ("autoscaling", "horizontalpodautoscalers"): {"list"},
+    ("apps", "deployments", ()): {"get", "patch"},
+    ("apps", "deployments/scale", ()): {"get", "patch"},
+    ("autoscaling", "horizontalpodautoscalers", ()): {"list"},
+    ("coordination.k8s.io", "leases", ()): {"create"},
+    ("coordination.k8s.io", "leases", (LEASE,)): {"get", "update"},
 }
+EXAMPLES = {
+    HPA_EXAMPLE: {("autoscaling", "horizontalpodautoscalers", ()): {"get", "patch"}},
+    DISCOVERY_EXAMPLE: {("apps", "deployments", ()): {"list"}},
+}
+Grants = dict[tuple[str, str, tuple[str, ...]], set[str]]
+
+
+def grants(role: dict[str, Any]) -> Grants:
+    """What a Role allows, checked for wildcards and non-resource URLs on the way."""
+    granted: Grants = {}
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "resourceNames", "verbs"}, rule
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field] and all("*" not in v for v in rule[field]), rule
+        names = tuple(rule.get("resourceNames", ()))
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource, names), set()).update(rule["verbs"])
+    return granted
 
 
 # -- the Role as written -----------------------------------------------------------------
@@ -40,15 +68,27 @@ def test_role_is_namespaced_without_wildcards_and_grants_exactly_the_engine_call
     assert not of_kind("ClusterRole") and not of_kind("ClusterRoleBinding")
     role = find("Role", ENGINE)
     assert role["metadata"]["namespace"] == NAMESPACE
-    granted: dict[tuple[str, str], set[str]] = {}
-    for rule in role["rules"]:
-        assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule  # no nonResourceURLs
-        for field in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[field] and all("*" not in v for v in rule[field]), rule
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                granted.setdefault((group, resource), set()).update(rule["verbs"])
-    assert granted == EXPECTED
+    assert grants(role) == EXPECTED
+
+
+@pytest.mark.parametrize("path", list(EXAMPLES), ids=lambda p: p.name)
+def test_each_opt_in_example_grants_exactly_its_feature_to_the_engine(path: Path) -> None:
+    """Outside kubernetes/ (never applied by `kubectl apply -f kubernetes/`), one Role and
+    its binding to the engine's service account, saying in comments when to apply it."""
+    assert path.parent.parent == MANIFESTS
+    role, binding = yaml.safe_load_all(path.read_text())
+    assert (role["kind"], binding["kind"]) == ("Role", "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert grants(role) == EXAMPLES[path]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": ENGINE, "namespace": NAMESPACE}
+    ]
+    assert "# Opt-in: apply ONLY when" in path.read_text().splitlines()[0]
 
 
 def test_binding_ties_the_role_to_the_service_account_the_engine_runs_as() -> None:
@@ -108,6 +148,12 @@ def test_every_engine_call_is_allowed_and_every_role_rule_is_used(
     )
     after = engine_client.patch_scale(namespace=NAMESPACE, name=APP, replicas=before.replicas + 1)
     assert after.replicas == before.replicas + 1
+    engine_client.restart(namespace=NAMESPACE, name=APP, at="2026-11-26T12:00:00Z")
+    # Leader election: create the Lease, then read and renew it; stop releases it.
+    params = LeaderParams(lease_name=LEASE, namespace=NAMESPACE, identity="engine-0-1")
+    elector = LeaderElector(kube=engine_client, params=params, clock=lambda: 1_800_000_000.0)
+    assert elector.step(1_800_000_000.0) and elector.step(1_800_000_005.0)
+    elector.stop(release=True)
 
     made = rbac_api.requests(user=ENGINE_USER)
     assert {(e.verb, e.resource, e.subresource) for e in made} == {
@@ -116,14 +162,59 @@ def test_every_engine_call_is_allowed_and_every_role_rule_is_used(
         ("get", "deployments", None),
         ("patch", "deployments", None),
         ("patch", "deployments", "scale"),
+        ("create", "leases", None),
+        ("get", "leases", None),
+        ("update", "leases", None),
     }
-    assert [e for e in made if e.code >= 400] == []
+    # Allowed, but not there yet: the first elector reads 404, then creates the Lease.
+    failed = [(e.verb, e.resource, e.code) for e in made if e.code >= 400]
+    assert failed == [("get", "leases", 404)]
 
     usage = rbac_api.rbac_rule_usage()
     role_rules = [r for r in usage if (r.kind, r.namespace, r.name) == ("Role", NAMESPACE, ENGINE)]
     assert len(role_rules) == len(find("Role", ENGINE)["rules"])
     unused = [str(rule) for rule in role_rules if not usage[rule]]
     assert unused == [], f"rules no engine call needed: {unused}"
+
+
+def test_the_opt_in_examples_allow_raise_min_and_discovery_and_every_rule_is_used(
+    tmp_path: Path,
+) -> None:
+    files = [RBAC_FILE, HPA_EXAMPLE, DISCOVERY_EXAMPLE]
+    with KubeAPIServer(tls=True, tokens={TOKEN: ENGINE_USER}, rbac_files=files) as api:
+        api.create(find("Namespace", NAMESPACE))
+        api.create(find("Deployment", APP))
+        api.create(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": APP, "namespace": NAMESPACE},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP},
+                    "minReplicas": 1,
+                    "maxReplicas": 3,
+                },
+            }
+        )
+        sa_dir = tmp_path / "serviceaccount"
+        environ = api.incluster_files(sa_dir, token=TOKEN)
+        config = KubernetesConfig(
+            mode="incluster", kubeconfig=None, serviceaccount_dir=str(sa_dir), timeout_seconds=5
+        )
+        with KubeClient(config=config, environ=environ) as kube:
+            hpa = kube.hpas(namespace=NAMESPACE)[APP]
+            assert kube.patch_hpa_min(namespace=NAMESPACE, name=hpa.name, min_replicas=2)
+            found = kube.list_deployments(
+                namespace=NAMESPACE, label_selector="app.kubernetes.io/name"
+            )
+            assert list(found) == [APP]
+        assert api.requests(user=ENGINE_USER, code=403) == []
+        usage = api.rbac_rule_usage()
+        for example in ("aegisops-engine-hpa-raise-min", "aegisops-engine-discovery"):
+            rules = [
+                r for r in usage if (r.kind, r.namespace, r.name) == ("Role", NAMESPACE, example)
+            ]
+            assert rules and all(usage[r] for r in rules), example
 
 
 def test_anything_beyond_the_role_is_denied(
