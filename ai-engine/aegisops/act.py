@@ -19,11 +19,20 @@ from typing import TYPE_CHECKING
 from aegisops.apply import WRITES, Applier, on, result_of
 from aegisops.detector import Observation, WorkloadDetector
 from aegisops.guard import ActionCaps, InBackoff, KubeBackoff, Throttle
-from aegisops.kube import Conflict, DeploymentInfo, Forbidden, KubeError, NotFound, ScaleInfo
+from aegisops.kube import (
+    Conflict,
+    DeploymentInfo,
+    Forbidden,
+    HpaInfo,
+    KubeError,
+    NotFound,
+    ScaleInfo,
+)
 from aegisops.policy import (
     DRY_RUN,
     PAUSED,
     Decision,
+    HpaView,
     Memory,
     PolicyState,
     decide,
@@ -51,6 +60,7 @@ class Workload:
     replicas: int | None = None
     last_t: float = float("-inf")
     hpa_managed: bool = False  # as of the last `act` (an HPA was found targeting it)
+    hpa: HpaInfo | None = None  # that HPA, as of the last `act`
     read_at: float = float("-inf")  # when memory/replicas were last read from the cluster
     paused: bool = False  # aegisops.dev/paused, as of the last read
     dry_run_annotation: bool = False  # aegisops.dev/dry-run, as of the last read
@@ -61,7 +71,7 @@ class Workload:
 class _Fresh:
     deployment: DeploymentInfo
     scale: ScaleInfo
-    hpa_managed: bool
+    hpa: HpaInfo | None
 
 
 class Actor:
@@ -147,7 +157,7 @@ class Actor:
         ns, name = w.target.namespace, w.target.deployment
         call = self.backoff.call
         try:
-            hpa_managed = name in call(lambda: self.kube.hpa_targets(namespace=ns))
+            hpa = call(lambda: self.kube.hpas(namespace=ns)).get(name)
             deployment = call(lambda: self.kube.get_deployment(namespace=ns, name=name))
             scale = call(lambda: self.kube.get_scale(namespace=ns, name=name))
         except KubeError as err:
@@ -155,8 +165,8 @@ class Actor:
             w.memory = None
             return None
         self._learn(w, deployment, replicas=scale.replicas, now=now)
-        w.hpa_managed = hpa_managed
-        return _Fresh(deployment=deployment, scale=scale, hpa_managed=hpa_managed)
+        w.hpa, w.hpa_managed = hpa, hpa is not None
+        return _Fresh(deployment=deployment, scale=scale, hpa=hpa)
 
     def _read_failed(self, w: Workload, err: KubeError, *, now: float, what: str) -> None:
         key = w.target.key
@@ -183,7 +193,7 @@ class Actor:
         )
 
     def _forbidden(self, w: Workload, err: Forbidden, *, now: float) -> None:
-        permission = getattr(err, "permission", "") or str(err)
+        permission = err.permission or str(err)
         log.error(
             "forbidden: the engine may not %s (grant it in its Role; %s)",
             permission,
@@ -226,6 +236,7 @@ class Actor:
                 return decision
             err = self.applier.apply(
                 w,
+                now=now,
                 decision=decision,
                 before=_memory(fresh.deployment),
                 resource_version=fresh.deployment.resource_version,
@@ -243,6 +254,12 @@ class Actor:
     def _decide(
         self, w: Workload, fresh: _Fresh, *, state: PolicyState, obs: Observation, now: float
     ) -> Decision:
+        hpa = fresh.hpa
+        view = None
+        if hpa is not None:
+            view = HpaView(
+                name=hpa.name, min_replicas=hpa.min_replicas, max_replicas=hpa.max_replicas
+            )
         return decide(
             state=state,
             observation=obs,
@@ -251,7 +268,8 @@ class Actor:
             memory=w.memory or Memory(),
             limits=w.target.limits,
             params=self.config.policy,
-            hpa_managed=fresh.hpa_managed,
+            hpa=view,
+            ready_replicas=fresh.deployment.ready_replicas,
             paused=w.paused,
         )
 

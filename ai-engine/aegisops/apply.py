@@ -18,6 +18,7 @@ from aegisops.policy import (
     ANNOTATION_KEYS,
     Decision,
     Memory,
+    format_time,
     memory_from_annotations,
     memory_to_annotations,
 )
@@ -30,7 +31,8 @@ log = logging.getLogger("aegisops.loop")
 UNDO_ATTEMPTS = 3
 SCALES = ("scale_up", "scale_down", "rollback")
 """The actions whose own write is `PATCH deployments/scale`."""
-WRITES = (*SCALES, "restart", "hpa_raise", "hpa_restore", "give_up", "release")
+HPA_WRITES = ("hpa_raise", "hpa_restore")
+WRITES = (*SCALES, "restart", *HPA_WRITES, "give_up", "release")
 """The actions that write the record (and, but for give_up and release, their own write)."""
 
 RESULTS: dict[type[KubeError], str] = {
@@ -69,7 +71,7 @@ class Applier:
         self.on_error = on_error
 
     def apply(
-        self, w: Workload, *, decision: Decision, before: Memory, resource_version: str
+        self, w: Workload, *, decision: Decision, before: Memory, resource_version: str, now: float
     ) -> KubeError | None:
         """None when applied; else the error (the annotations were put back if written)."""
         ns, name = w.target.namespace, w.target.deployment
@@ -86,7 +88,7 @@ class Applier:
             return err
         w.memory = decision.memory
         try:
-            self._action_write(w, decision=decision)
+            self._action_write(w, decision=decision, now=now)
         except KubeError as err:
             self._undo(w, decision=decision, before=before, version=written.resource_version)
             return err
@@ -94,11 +96,20 @@ class Applier:
             w.replicas = decision.replicas_after
         return None
 
-    def _action_write(self, w: Workload, *, decision: Decision) -> None:
-        ns, name = w.target.namespace, w.target.deployment
+    def _action_write(self, w: Workload, *, decision: Decision, now: float) -> None:
+        """The action's own write: the Scale, the pod template, or the HPA's minReplicas."""
+        ns, name, kube = w.target.namespace, w.target.deployment, self.kube
         if decision.action in SCALES:
             replicas = decision.replicas_after
-            self.call(lambda: self.kube.patch_scale(namespace=ns, name=name, replicas=replicas))
+            self.call(lambda: kube.patch_scale(namespace=ns, name=name, replicas=replicas))
+        elif decision.action == "restart":
+            at = format_time(now)
+            self.call(lambda: kube.restart(namespace=ns, name=name, at=at))
+        elif decision.action in HPA_WRITES:
+            if w.hpa is None or decision.hpa_min_after is None:
+                raise KubeError(f"{decision.action}: no HPA targets {w.target.key} any more")
+            hpa, floor = w.hpa.name, decision.hpa_min_after
+            self.call(lambda: kube.patch_hpa_min(namespace=ns, name=hpa, min_replicas=floor))
 
     def _undo(self, w: Workload, *, decision: Decision, before: Memory, version: str) -> None:
         """Put the annotations back after a failed action write, so no cooldown is claimed for

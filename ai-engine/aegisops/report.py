@@ -91,6 +91,13 @@ class Reporter:
         )
 
     def action(self, w: Workload, *, obs: Observation, decision: Decision, dry: bool) -> None:
+        hpa: dict[str, Any] = {}
+        if decision.action in ("hpa_raise", "hpa_restore") and w.hpa is not None:
+            hpa = {
+                "hpa": w.hpa.name,
+                "hpa_min_before": w.hpa.min_replicas,  # as read just before the write
+                "hpa_min_after": decision.hpa_min_after,
+            }
         self.send(
             messages.action_message,
             w,
@@ -102,6 +109,7 @@ class Reporter:
             reason=decision.reason,
             score=obs.score,
             threshold=obs.threshold,
+            **hpa,
         )
 
     def alert(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from aegisops.config import Config, parse_config
-from aegisops.kube import Conflict, DeploymentInfo, ScaleInfo
+from aegisops.kube import Conflict, DeploymentInfo, HpaInfo, ScaleInfo
 from aegisops.loop import Engine
 from aegisops.prometheus import History, PrometheusUnavailable, Sample
 from aegisops.selfmetrics import SelfMetrics
@@ -23,7 +23,7 @@ T0 = 1_800_000_000.0
 BASELINE = 40
 NORMAL = (10.0, 0.05, 25e6)
 SURGE = (40.0, 0.6, 25e6)
-ACTING = ["hpa_targets", "get_deployment", "get_scale", "patch_annotations", "patch_scale"]
+ACTING = ["hpas", "get_deployment", "get_scale", "patch_annotations", "patch_scale"]
 """The calls one action costs, in order: HPA check, fresh Deployment and Scale, record, scale."""
 
 
@@ -61,6 +61,7 @@ class FakeSource:
         self.history_samples = history_samples
         self.keys = keys
         self.surge_from = float("inf")
+        self.surge = SURGE  # the profile from `surge_from` on
         self.down = False
         self.no_data: set[str] = set()  # workloads without series (a partial answer)
         self.calls: list[str] = []
@@ -81,7 +82,7 @@ class FakeSource:
         self.calls.append("sample")
         if self.down:
             raise PrometheusUnavailable("query rps: cannot connect to Prometheus at http://x")
-        centre = SURGE if now >= self.surge_from else NORMAL
+        centre = self.surge if now >= self.surge_from else NORMAL
         values = {key: noisy(self.rng, centre) for key in self.keys}
         for key in self.no_data:
             values[key] = np.full(3, np.nan)
@@ -95,7 +96,9 @@ class FakeKube:
     annotations: dict[str, str] = field(default_factory=dict)
     replicas: int = 1
     rv: int = 7
-    hpas: set[str] = field(default_factory=set)
+    hpa_names: set[str] = field(default_factory=set)
+    hpa_min: int = 1
+    ready: int | None = None  # readyReplicas; None: all replicas ready
     fail: dict[str, Exception] = field(default_factory=dict)
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -110,15 +113,38 @@ class FakeKube:
             annotations=dict(self.annotations),
             resource_version=str(self.rv),
             replicas=self.replicas,
+            ready_replicas=self.replicas if self.ready is None else self.ready,
         )
 
     def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
         self._call("get_scale")
         return ScaleInfo(replicas=self.replicas, resource_version=str(self.rv))
 
-    def hpa_targets(self, *, namespace: str) -> set[str]:
-        self._call("hpa_targets")
-        return set(self.hpas)
+    def hpas(self, *, namespace: str) -> dict[str, HpaInfo]:
+        self._call("hpas")
+        return {name: self.hpa_info(name) for name in self.hpa_names}
+
+    def hpa_info(self, name: str) -> HpaInfo:
+        return HpaInfo(
+            name=f"{name}-hpa",
+            min_replicas=self.hpa_min,
+            max_replicas=6,
+            resource_version=str(self.rv),
+        )
+
+    def patch_hpa_min(self, *, namespace: str, name: str, min_replicas: int) -> HpaInfo:
+        self._call("patch_hpa_min", (name, min_replicas))
+        self.hpa_min = min_replicas
+        return self.hpa_info(name.removesuffix("-hpa"))
+
+    def restart(self, *, namespace: str, name: str, at: str) -> DeploymentInfo:
+        self._call("restart", at)
+        self.rv += 1
+        return DeploymentInfo(
+            annotations=dict(self.annotations),
+            resource_version=str(self.rv),
+            replicas=self.replicas,
+        )
 
     def patch_annotations(
         self,
@@ -227,9 +253,9 @@ class MultiKube:
         self.calls.append((name, call))
         return self.kubes[name]
 
-    def hpa_targets(self, *, namespace: str) -> set[str]:
-        self.calls.append(("*", "hpa_targets"))
-        return set()
+    def hpas(self, *, namespace: str) -> dict[str, HpaInfo]:
+        self.calls.append(("*", "hpas"))
+        return {}
 
     def get_deployment(self, *, namespace: str, name: str) -> DeploymentInfo:
         return self._kube("get_deployment", name).get_deployment(namespace=namespace, name=name)

@@ -24,9 +24,19 @@ from engine_fakes import (
 
 from aegisops.guard import ActionCaps
 from aegisops.kube import Forbidden, KubeUnavailable, NotFound
+from aegisops.policy import (
+    ANNOTATION_KEYS,
+    COOLDOWN_UNTIL,
+    LAST_ACTION,
+    LAST_ACTION_AT,
+    ORIGINAL_REPLICAS,
+    REPLICAS_SET,
+    ROLLBACK_TO,
+    format_time,
+)
 
 TARGET = {"namespace": "shop", "deployment": "web", "max_replicas": 4}
-READ = ["hpa_targets", "get_deployment", "get_scale"]
+READ = ["hpas", "get_deployment", "get_scale"]
 
 
 def writes(kube: FakeKube) -> list[str]:
@@ -90,17 +100,21 @@ def test_forbidden_names_the_permission_and_alerts_once_per_hour(
 ) -> None:
     caplog.set_level(logging.INFO)
     denied = "patch deployments shop/web: 403 Forbidden"
-    r = rig(kube=FakeKube(fail={"patch_annotations": Forbidden(denied)}))
+    permission = "patch deployments in apps, namespace shop"
+    r = rig(kube=FakeKube(fail={"patch_annotations": Forbidden(denied, permission=permission)}))
     r.source.surge_from = T0
     r.passes(3, start=T0 + 1)
-    r.kube.fail["patch_annotations"] = Forbidden(denied)
+    r.kube.fail["patch_annotations"] = Forbidden(denied, permission=permission)
     r.engine.workloads[KEY].read_at = float("-inf")  # the next pass re-reads at once
     r.engine.workloads[KEY].memory = None
     r.passes(2, start=T0 + 4)
-    assert f"forbidden: the engine may not {denied} (grant it in its Role;" in caplog.text
+    assert (
+        f"forbidden: the engine may not {permission} (grant it in its Role; {denied})"
+        in caplog.text
+    )
     alerts = [t for t in r.notifier.texts() if "not allowed" in t]
     assert alerts == [
-        f"AegisOps: AegisOps is not allowed to act on shop/web: the engine may not {denied}"
+        f"AegisOps: AegisOps is not allowed to act on shop/web: the engine may not {permission}"
     ]
     labels = {"namespace": "shop", "deployment": "web", "action": "scale_up"}
     assert metric(r, "aegisops_actions_total", {**labels, "result": "forbidden"}) == 2
@@ -137,11 +151,11 @@ def test_kubernetes_unavailable_backs_off_engine_wide_honouring_retry_after(
     caplog.set_level(logging.INFO)
     busy = KubeUnavailable("list horizontalpodautoscalers shop: 429 TooManyRequests")
     busy.retry_after = 5.0  # type: ignore[attr-defined]
-    r = rig(kube=FakeKube(fail={"hpa_targets": busy}))
+    r = rig(kube=FakeKube(fail={"hpas": busy}))
     r.source.surge_from = T0
     results = r.passes(8, start=T0 + 1)  # T0+3: 429, Retry-After 5 s: no calls until T0+8
     # T0+8: the Deployment is read again (its cached facts were dropped), then the action
-    assert r.kube.names() == ["get_deployment", "hpa_targets", "get_deployment", *ACTING]
+    assert r.kube.names() == ["get_deployment", "hpas", "get_deployment", *ACTING]
     assert [p.actions for p in results] == [0, 0, 0, 0, 0, 0, 0, 1]
     held = [m for m in decisions(caplog) if m.endswith("(not applied: Kubernetes API backoff)")]
     assert len(held) == 5  # T0+3 .. T0+7
@@ -228,3 +242,113 @@ def test_the_hourly_cap_counts_a_rolling_hour() -> None:
     caps.count(now=T0 + 3600)
     assert caps.full(now=T0 + 4599) == "max_actions_per_hour (2) reached in the last hour"
     assert caps.full(now=T0 + 4600) is None
+
+
+def patches(kube: FakeKube) -> list[tuple[str, Any]]:
+    return [(name, arg) for name, arg in kube.calls if name.startswith(("patch", "restart"))]
+
+
+def test_a_hand_edit_releases_the_record_and_alerts_hands_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    ours = {
+        ORIGINAL_REPLICAS: "1",
+        REPLICAS_SET: "2",
+        LAST_ACTION: "scale_up 1->2",
+        LAST_ACTION_AT: format_time(T0 - 600),
+        COOLDOWN_UNTIL: format_time(T0 - 300),
+    }
+    r = rig(kube=FakeKube(annotations=dict(ours), replicas=3))  # kubectl scale --replicas=3
+    r.source.surge_from = T0
+    results = r.passes(6, start=T0 + 1)
+    assert sum(p.actions for p in results) == 1
+    assert r.kube.names()[:5] == ["get_deployment", *READ, "patch_annotations"]
+    assert "patch_scale" not in r.kube.names()
+    assert patches(r.kube)[0][1] == {
+        **dict.fromkeys(ANNOTATION_KEYS),
+        LAST_ACTION: "release 2->3 (set by someone else)",
+        LAST_ACTION_AT: format_time(T0 + 1),
+        COOLDOWN_UNTIL: format_time(T0 + 301),
+    }
+    [alert] = [t for t in r.notifier.texts() if "by hand" in t]
+    assert alert.startswith(
+        "AegisOps: shop/web replicas changed by hand — AegisOps backs off: replicas are 3, "
+        "AegisOps set 2: someone else changed them; hands off, record cleared"
+    )
+    assert not any("released" in t for t in r.notifier.texts())  # the alert says it all
+
+
+def test_a_scale_up_that_does_not_help_gives_up_then_rolls_back_after_the_cooldown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 10, "verify_passes": 3}
+    r = rig(config=make_config(policy=policy))
+    r.source.surge_from = T0
+    r.passes(16, start=T0 + 1)
+    assert [(n, a if n == "patch_scale" else a[LAST_ACTION]) for n, a in patches(r.kube)] == [
+        ("patch_annotations", "scale_up 1->2"),  # T0+3
+        ("patch_scale", 2),
+        ("patch_annotations", "give_up 1->2 (not_helping)"),  # 3 passes later
+        ("patch_annotations", "rollback 2->1"),  # the cooldown is over at T0+13
+        ("patch_scale", 1),
+    ]
+    assert patches(r.kube)[2][1][ROLLBACK_TO] == "1"
+    texts = r.notifier.texts()
+    assert [t.split(":")[1] for t in texts] == [
+        " Anomaly on shop/web",
+        " shop/web",  # scaled up
+        " Scaling did not help shop/web",
+        " shop/web",  # rolled back
+    ]
+    assert texts[3].startswith("AegisOps: shop/web: rolled back 2 -> 1 replicas (")
+    assert r.kube.replicas == 1
+
+
+def test_new_pods_not_ready_in_time_give_up_with_not_ready() -> None:
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 10, "verify_ready_seconds": 4}
+    r = rig(config=make_config(policy=policy), kube=FakeKube(ready=1))  # capacity: 1 pod
+    r.source.surge_from = T0
+    r.passes(10, start=T0 + 1)
+    notes = [a[LAST_ACTION] for n, a in patches(r.kube) if n == "patch_annotations"]
+    assert notes[:2] == ["scale_up 1->2", "give_up 1->2 (not_ready)"]
+    assert any(
+        t.startswith("AegisOps: New pods of shop/web did not become ready")
+        for t in (r.notifier.texts())
+    )
+
+
+def test_calm_steps_back_down_one_step_per_cooldown_to_the_original() -> None:
+    ours = {ORIGINAL_REPLICAS: "1", REPLICAS_SET: "3", COOLDOWN_UNTIL: format_time(T0 - 60)}
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 10, "scale_down_after_seconds": 5}
+    r = rig(config=make_config(policy=policy), kube=FakeKube(annotations=ours, replicas=3))
+    r.passes(30, start=T0 + 1)
+    assert [a for n, a in patches(r.kube) if n == "patch_scale"] == [2, 1]
+    assert LAST_ACTION in r.kube.annotations and ORIGINAL_REPLICAS not in r.kube.annotations
+    assert [t.split(" (")[0] for t in r.notifier.texts()] == [
+        "AegisOps: shop/web: scaled down 3 -> 2 replicas",
+        "AegisOps: shop/web: scaled down 2 -> 1 replicas",
+    ]
+
+
+def test_raise_min_raises_the_hpa_floor_instead_of_scaling() -> None:
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "hpa_mode": "raise_min"}
+    r = rig(config=make_config(policy=policy), kube=FakeKube(hpa_names={"web"}))
+    r.source.surge_from = T0
+    r.passes(5, start=T0 + 1)
+    assert [n for n, _ in patches(r.kube)] == ["patch_annotations", "patch_hpa_min"]
+    assert patches(r.kube)[1][1] == ("web-hpa", 2)
+    assert r.kube.annotations["aegisops.dev/hpa-original-min"] == "1"
+    [raised] = [t for t in r.notifier.texts() if "minReplicas" in t]
+    assert raised.startswith("AegisOps: shop/web: raised minReplicas of HPA web-hpa 1 -> 2 (")
+
+
+def test_a_memory_leak_restarts_the_pods_when_enabled() -> None:
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "restart_on_memory_leak": True}
+    r = rig(config=make_config(policy=policy))
+    r.source.surge, r.source.surge_from = (10.0, 0.05, 60e6), T0
+    r.passes(5, start=T0 + 1)
+    assert [n for n, _ in patches(r.kube)] == ["patch_annotations", "restart"]
+    assert patches(r.kube)[1][1] == format_time(T0 + 3)
+    assert r.kube.annotations[LAST_ACTION] == "restart"

@@ -115,7 +115,7 @@ def test_a_restarted_engine_reads_the_cooldown_and_does_not_act(
 
 
 def test_an_hpa_on_the_deployment_means_alert_only() -> None:
-    r = rig(kube=FakeKube(hpas={"web"}))
+    r = rig(kube=FakeKube(hpa_names={"web"}))
     r.source.surge_from = T0
     results = r.passes(6, start=T0 + 1)
     assert sum(p.actions for p in results) == 0
@@ -123,7 +123,9 @@ def test_an_hpa_on_the_deployment_means_alert_only() -> None:
     [anomaly, hpa] = r.notifier.texts()
     assert anomaly.startswith("AegisOps: Anomaly on shop/web")
     assert hpa.startswith("AegisOps: shop/web is managed by an HPA — AegisOps does not scale it: ")
-    assert hpa.endswith(" for 3 consecutive samples; an HPA manages this Deployment, not scaling")
+    assert hpa.endswith(
+        " for 3 consecutive samples; an HPA web-hpa manages this Deployment, not scaling"
+    )
 
 
 def test_a_conflict_on_the_record_re_reads_and_decides_again_once_in_the_same_pass(
@@ -139,11 +141,11 @@ def test_a_conflict_on_the_record_re_reads_and_decides_again_once_in_the_same_pa
     assert [p.actions for p in results] == [0, 0, 1, 0, 0]
     assert r.kube.names() == [
         "get_deployment",  # first seen
-        "hpa_targets",  # T0+3: the fresh read
+        "hpas",  # T0+3: the fresh read
         "get_deployment",
         "get_scale",
         "patch_annotations",  # 409: someone wrote since
-        "hpa_targets",  # re-read, decide again (never a blind retry)
+        "hpas",  # re-read, decide again (never a blind retry)
         "get_deployment",
         "get_scale",
         "patch_annotations",
@@ -284,7 +286,7 @@ def test_run_forever_stops_on_the_event_after_the_current_pass() -> None:
 
 
 def test_resolution_is_announced_once_with_its_duration() -> None:
-    r = rig(kube=FakeKube(hpas={"web"}))  # alert-only: no scaling in the way
+    r = rig(kube=FakeKube(hpa_names={"web"}))  # alert-only: no scaling in the way
     r.source.surge_from = T0 + 1
     r.passes(5, start=T0 + 1)  # confirmed at T0 + 3
     r.source.surge_from = float("inf")
@@ -372,7 +374,7 @@ def test_untrainable_history_is_logged_and_the_workload_learns_live(
 @pytest.mark.parametrize(
     ("fail", "errors", "actions"),
     [
-        ({"hpa_targets": KubeUnavailable("list horizontalpodautoscalers: 503")}, 1, 0),
+        ({"hpas": KubeUnavailable("list horizontalpodautoscalers: 503")}, 1, 0),
         ({"patch_annotations": Conflict("patch deployments shop/web: 409 Conflict")}, 1, 1),
         ({"patch_scale": KubeUnavailable("patch deployments/scale: 503")}, 1, 0),
     ],
@@ -414,7 +416,7 @@ def test_a_409_on_the_undo_is_retried_with_the_fresh_version(
     r.source.surge_from = T0
     results = r.passes(4, start=T0 + 1)
     assert r.kube.names()[1:] == [
-        "hpa_targets",
+        "hpas",
         "get_deployment",
         "get_scale",
         "patch_annotations",  # T0+3: record the action
@@ -423,7 +425,7 @@ def test_a_409_on_the_undo_is_retried_with_the_fresh_version(
         "get_deployment",  # re-read: our record, still 1 replica
         "get_scale",
         "patch_annotations",  # undo again with the fresh version
-        "hpa_targets",  # T0+4: no cooldown was kept, so it tries again
+        "hpas",  # T0+4: no cooldown was kept, so it tries again
         "get_deployment",
         "get_scale",
         "patch_annotations",
@@ -483,12 +485,12 @@ def test_an_operator_scaling_down_below_max_is_noticed() -> None:
 
 
 def test_a_persistent_anomaly_on_an_hpa_managed_deployment_makes_few_calls() -> None:
-    r = rig(kube=FakeKube(hpas={"web"}))
+    r = rig(kube=FakeKube(hpa_names={"web"}))
     r.source.surge_from = T0
     results = r.passes(20, start=T0 + 1)
     assert sum(p.actions for p in results) == 0
     # read when first seen; the first proposal re-reads and learns about the HPA; then quiet
-    assert r.kube.names() == ["get_deployment", "hpa_targets", "get_deployment", "get_scale"]
+    assert r.kube.names() == ["get_deployment", "hpas", "get_deployment", "get_scale"]
     r.passes(30, start=T0 + 21)  # the HPA is re-checked every 30 s (cooldown_seconds / 10)
     assert len(r.kube.names()) == 4 + 3
 
@@ -496,7 +498,7 @@ def test_a_persistent_anomaly_on_an_hpa_managed_deployment_makes_few_calls() -> 
 @pytest.mark.parametrize("hpas", [set(), {"web"}])
 def test_the_quiet_path_makes_no_calls_with_scale_down_enabled(hpas: set[str]) -> None:
     old = {ORIGINAL_REPLICAS: "1", COOLDOWN_UNTIL: format_time(T0 - 3600)}
-    kube = FakeKube(annotations=old, replicas=3, hpas=hpas)
+    kube = FakeKube(annotations=old, replicas=3, hpa_names=hpas)
     config = make_config(
         policy={"consecutive_anomalies": 3, "cooldown_seconds": 300, "scale_down_after_seconds": 0},
         # one scale_down step per cooldown now: a step of 2 keeps this a single step 3 -> 1
@@ -508,7 +510,7 @@ def test_the_quiet_path_makes_no_calls_with_scale_down_enabled(hpas: set[str]) -
         assert sum(p.actions for p in results) == 1 and r.kube.replicas == 3
         assert r.kube.names() == [
             "get_deployment",
-            "hpa_targets",
+            "hpas",
             "get_deployment",
             "get_scale",
             "patch_annotations",
