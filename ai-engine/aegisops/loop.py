@@ -27,13 +27,15 @@ import numpy as np
 from aegisops.act import ACTIONS, Actor, Workload
 from aegisops.alerts import MissingData
 from aegisops.detector import METRICS, Observation, WorkloadDetector
+from aegisops.discovery import Discovery
 from aegisops.guard import ActionCaps, KubeBackoff
 from aegisops.policy import Decision, Memory, counts, decide, is_load_shaped, unapplied
 from aegisops.prometheus import PrometheusError, Sample
 from aegisops.report import Reporter
+from aegisops.training import train
 
 if TYPE_CHECKING:
-    from aegisops.config import Config
+    from aegisops.config import Config, Target
     from aegisops.kube import KubeClient
     from aegisops.prometheus import PrometheusSource
     from aegisops.selfmetrics import SelfMetrics
@@ -115,6 +117,12 @@ class Engine:
         self.report = Reporter(
             notifier=notifier, metrics=metrics, dry_run=self.actor.dry_run, actions=ACTIONS
         )
+        self.discovery = None
+        if config.discovery.enabled:
+            self.discovery = Discovery(
+                config=config.discovery, kube=kube, call=self.actor.backoff.call
+            )
+        self.discovered: set[str] = set()  # keys of the workloads discovery added
 
     @property
     def notifier(self) -> Notifier:
@@ -135,37 +143,7 @@ class Engine:
         except PrometheusError as err:
             log.warning("history unavailable, learning from live samples: %s", err)
             return
-        needed = self.config.detector.baseline_samples
-        for key, workload in self.workloads.items():
-            past = history.get(key)
-            if past is None or len(past.timestamps) == 0:
-                log.info(
-                    "no history, learning from live samples (%d needed)", needed, extra=_on(key)
-                )
-                continue
-            try:
-                gathered = workload.detector.fit_history(
-                    timestamps=past.timestamps.tolist(), X=past.X.tolist()
-                )
-            except Exception as err:  # one workload's history never stops the start
-                log.error(
-                    "cannot train from history (%s: %s), learning from live samples",
-                    type(err).__name__,
-                    err,
-                    extra=_on(key),
-                )
-                workload.detector = WorkloadDetector(params=self.config.detector)
-                continue
-            workload.last_t = float(past.timestamps[-1])
-            state = "ready" if workload.detector.ready else "still learning"
-            log.info(
-                "trained from history: %d of %d points usable, %s (baseline %d samples)",
-                gathered,
-                len(past.timestamps),
-                state,
-                needed,
-                extra=_on(key),
-            )
+        train(self.workloads, history=history, params=self.config.detector)
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -178,6 +156,10 @@ class Engine:
         self.actor.errors = 0
         self.actor.backoff.tick(now)
         self.caps.begin_pass()
+        if self.discovery is not None and self.leading:
+            found = self.discovery.scan(now=now)
+            if found is not None:
+                self._join(found)
         try:
             sample: Sample | None = self.source.sample(now)
         except PrometheusError as err:
@@ -211,6 +193,41 @@ class Engine:
             self.metrics.pass_done(duration_seconds=result.seconds)
             self.metrics.heartbeat(now)
         return result
+
+    def _join(self, found: dict[str, Target]) -> None:
+        """Discovered Deployments join the passes (learning live); those gone are dropped."""
+        configured = {t.key for t in self.config.targets}
+        for key, target in found.items():
+            if key in configured:
+                continue  # the config's own target wins
+            workload = self.workloads.get(key)
+            if workload is None:
+                self.workloads[key] = Workload(
+                    target=target, detector=WorkloadDetector(params=self.config.detector)
+                )
+                self.discovered.add(key)
+                log.info(
+                    "discovered: joins the passes (replicas %d..%d, step %d), learning live",
+                    target.min_replicas,
+                    target.max_replicas,
+                    target.scale_step,
+                    extra=_on(key),
+                )
+            elif workload.target != target:
+                workload.target = target
+                log.info(
+                    "discovered: bounds changed (replicas %d..%d, step %d)",
+                    target.min_replicas,
+                    target.max_replicas,
+                    target.scale_step,
+                    extra=_on(key),
+                )
+        for key in sorted(self.discovered - set(found)):
+            del self.workloads[key]
+            self.discovered.discard(key)
+            self.missing.forget(key)
+            log.warning("no longer matches discovery.label_selector: dropped", extra=_on(key))
+        self.source.targets = tuple(self.workloads)
 
     def _lead(self, now: float) -> None:
         """Whether this pass acts; on becoming leader every cached Deployment fact is dropped."""

@@ -66,6 +66,14 @@ class FakeSource:
         self.no_data: set[str] = set()  # workloads without series (a partial answer)
         self.calls: list[str] = []
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.keys
+
+    @targets.setter
+    def targets(self, keys: tuple[str, ...]) -> None:  # the engine's discovery sets them
+        self.keys = keys
+
     def history(self, *, start: float, end: float, step: float) -> dict[str, History]:
         self.calls.append("history")
         if self.down:
@@ -96,6 +104,7 @@ class FakeKube:
     annotations: dict[str, str] = field(default_factory=dict)
     replicas: int = 1
     rv: int = 7
+    labels: dict[str, str] = field(default_factory=dict)
     hpa_names: set[str] = field(default_factory=set)
     hpa_min: int = 1
     ready: int | None = None  # readyReplicas; None: all replicas ready
@@ -256,6 +265,20 @@ class MultiKube:
     def hpas(self, *, namespace: str) -> dict[str, HpaInfo]:
         self.calls.append(("*", "hpas"))
         return {}
+
+    def list_deployments(self, *, namespace: str, label_selector: str) -> dict[str, DeploymentInfo]:
+        self.calls.append(("*", f"list_deployments {namespace} {label_selector}"))
+        key, value = label_selector.split("=")
+        return {
+            name: DeploymentInfo(
+                annotations=dict(kube.annotations),
+                resource_version=str(kube.rv),
+                replicas=kube.replicas,
+                labels=dict(kube.labels),
+            )
+            for name, kube in self.kubes.items()
+            if kube.labels.get(key) == value
+        }
 
     def get_deployment(self, *, namespace: str, name: str) -> DeploymentInfo:
         return self._kube("get_deployment", name).get_deployment(namespace=namespace, name=name)

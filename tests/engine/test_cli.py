@@ -203,6 +203,9 @@ def test_no_slack_secret_runs_and_says_so_once(tmp_path: Path, api: KubeAPIServe
             "patch deployments/scale in aegisops",
             "list horizontalpodautoscalers in aegisops",
             "deployment aegisops/web exists",
+            "get leases/aegisops-engine in aegisops",  # leader election (on by default)
+            "update leases/aegisops-engine in aegisops",
+            "create leases in aegisops",
         ):
             assert f"[ok]   kubernetes {allowed}" in lines
         assert lines[-1] == "[--]   slack: off ($SLACK_WEBHOOK_URL not set); alerts go to the log"
@@ -225,6 +228,13 @@ def test_sigterm_finishes_the_pass_and_exits_0(tmp_path: Path, api: KubeAPIServe
     text = log.read_text()
     assert "received SIGTERM, finishing the current pass" in text
     assert "stopping after " in text
+    # it led (the only engine), and handed the Lease over on the way out
+    assert "became leader (lease aegisops/aegisops-engine, identity " in text
+    assert "released lease aegisops/aegisops-engine (identity " in text
+    assert "standby pass" not in text
+    lease = api.get("leases", "aegisops", "aegisops-engine")
+    assert lease["spec"].get("holderIdentity") in (None, "")
+    assert lease["spec"]["leaseTransitions"] >= 0
 
 
 def test_check_with_bad_config_and_backtest_with_bad_input(

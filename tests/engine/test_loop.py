@@ -21,6 +21,7 @@ from engine_fakes import (
     FakeLeader,
     FakeNotifier,
     FakeSource,
+    MultiKube,
     decisions,
     make_config,
     metric,
@@ -615,3 +616,51 @@ def test_becoming_leader_drops_the_cached_facts_and_losing_it_stops_the_calls(
     leader.leader = True
     r.passes(1, start=T0 + 5)
     assert r.kube.names() == ["get_deployment", "get_deployment"]
+
+
+def test_discovery_adds_opted_in_deployments_and_drops_those_losing_the_label(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    kube = MultiKube(("web", "api", "db"))
+    enabled = {"aegisops.dev/enabled": "true"}
+    kube.kubes["web"].labels = dict(enabled)  # also configured: the config's bounds win
+    kube.kubes["api"].labels = dict(enabled)
+    kube.kubes["api"].annotations = {
+        "aegisops.dev/min-replicas": "2",
+        "aegisops.dev/max-replicas": "6",
+        "aegisops.dev/scale-step": "two",
+    }
+    discovery = {
+        "label_selector": "aegisops.dev/enabled=true",
+        "namespaces": ["shop"],
+        "interval_seconds": 10,
+    }
+    r = rig(kube=kube, config=make_config(discovery=discovery))
+    r.passes(1, start=T0 + 1)
+    assert list(r.engine.workloads) == [KEY, "shop/api"]
+    assert r.source.targets == (KEY, "shop/api")
+    api = r.engine.workloads["shop/api"].target
+    assert (api.min_replicas, api.max_replicas, api.scale_step) == (2, 6, 1)
+    assert r.engine.workloads[KEY].target.max_replicas == 4  # from the config
+    assert decisions(caplog, "shop/api")[:2] == [
+        "annotation aegisops.dev/scale-step: 'two' is not a valid count; using 1",
+        "discovered: joins the passes (replicas 2..6, step 1), learning live",
+    ]
+    r.passes(9, start=T0 + 2)  # listed again only every 10 s
+    lists = [call for name, call in kube.calls if call.startswith("list_deployments")]
+    assert lists == ["list_deployments shop aegisops.dev/enabled=true"]
+    kube.kubes["api"].labels = {}  # kubectl label deploy/api aegisops.dev/enabled-
+    r.passes(1, start=T0 + 11)
+    assert list(r.engine.workloads) == [KEY]
+    assert decisions(caplog, "shop/api")[-1] == (
+        "no longer matches discovery.label_selector: dropped"
+    )
+
+
+def test_discovery_is_the_leaders_job() -> None:
+    discovery = {"label_selector": "aegisops.dev/enabled=true", "namespaces": ["shop"]}
+    kube = MultiKube(("web", "api"))
+    r = rig(kube=kube, config=make_config(discovery=discovery), leader=FakeLeader(leader=False))
+    r.passes(3, start=T0 + 1)
+    assert kube.calls == []
