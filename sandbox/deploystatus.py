@@ -15,8 +15,15 @@ Deployment with one ReplicaSet whose every pod is up to date:
 - `Progressing`: True `NewReplicaSetAvailable` once complete; True `ReplicaSetUpdated`
   (lastUpdateTime moved) when more pods became ready; False `ProgressDeadlineExceeded`
   when neither for `progressDeadlineSeconds` since the last update; otherwise unchanged.
-  As in kube, a pure scale-up that never gets its pods keeps `NewReplicaSetAvailable`
-  (the deadline is only watched from a `ReplicaSetUpdated` condition).
+  As in kube, a pure scale-up that never gets its pods keeps `NewReplicaSetAvailable`:
+  syncRolloutStatus skips every progress check while `isCompleteDeployment` (status
+  replicas == updatedReplicas, always so with one ReplicaSet, and the condition's reason
+  is `NewReplicaSetAvailable`), so DeploymentProgressing (more updated replicas) is
+  never asked and no deadline runs (kubernetes/kubernetes#106054, #106697 repro 1: "scale
+  0 -> 1 with a bad image stays Progressing=True"). A scaled-up Deployment whose pods
+  stay Pending is only seen in `readyReplicas` < `spec.replicas`; the engine must time
+  that itself. The deadline is watched from a `ReplicaSetUpdated` condition only (a new
+  Deployment, or one that has not completed yet).
 """
 
 from __future__ import annotations

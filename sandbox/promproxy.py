@@ -6,6 +6,7 @@
         proxy.set_mode("slow", seconds=3)  # wait, then forward
         proxy.set_mode("nan")              # query / query_range sample values all "NaN"
         proxy.set_mode("partial", deployment="aegisops-app")  # drop that deployment's series
+        proxy.set_mode("partial", deployment="web", label="app")  # ... named by another label
         proxy.set_mode("ok")               # forward unchanged
         proxy.request_count                # requests received, whatever the mode
 
@@ -44,21 +45,29 @@ class Mode:
     name: str = "ok"
     seconds: float = 0.0
     deployment: str = ""
+    label: str = "deployment"  # the series label `partial` matches `deployment` against
 
 
 def make_mode(name: str, **params: Any) -> Mode:
-    """Validate `set_mode` arguments: slow needs `seconds`, partial needs `deployment`."""
+    """Validate `set_mode` arguments: slow needs `seconds`, partial needs `deployment`
+    (and may name the `label` that holds it, by default `deployment`)."""
     needs = {"slow": {"seconds"}, "partial": {"deployment"}}.get(name, set())
+    optional = {"partial": {"label"}}.get(name, set())
     if name not in MODES:
         raise ValueError(f"unknown mode {name!r}; one of {', '.join(MODES)}")
-    if set(params) != needs:
+    if not needs <= set(params) <= needs | optional:
         wanted = ", ".join(sorted(needs)) or "no parameters"
+        if optional:
+            wanted += f" (optional: {', '.join(sorted(optional))})"
         raise ValueError(f"mode {name!r} takes {wanted}, got {sorted(params)}")
+    if "label" in params and not params["label"]:
+        raise ValueError(f"mode {name!r}: label must not be empty")
     return Mode(name=name, **params)
 
 
 def rewrite(body: dict[str, Any], mode: Mode) -> dict[str, Any]:
-    """A query answer as the mode makes it: every value "NaN", or one deployment dropped."""
+    """A query answer as the mode makes it: every value "NaN", or the series whose
+    `mode.label` is `mode.deployment` dropped."""
     data = body.get("data")
     if body.get("status") != "success" or not isinstance(data, dict):
         return body
@@ -69,7 +78,7 @@ def rewrite(body: dict[str, Any], mode: Mode) -> dict[str, Any]:
         else:
             result = [_nan_series(series) for series in result]
     elif mode.name == "partial":
-        result = [s for s in result if s.get("metric", {}).get("deployment") != mode.deployment]
+        result = [s for s in result if s.get("metric", {}).get(mode.label) != mode.deployment]
     return {**body, "data": {**data, "result": result}}
 
 
@@ -108,7 +117,8 @@ class PromProxy(Managed):
             return self._count
 
     def set_mode(self, mode: str, **params: Any) -> None:
-        """Switch behaviour now: ok | down | slow (seconds=) | nan | partial (deployment=)."""
+        """Switch behaviour now: ok | down | slow (seconds=) | nan |
+        partial (deployment=, label="deployment")."""
         self._mode = make_mode(mode, **params)
 
     def start(self) -> PromProxy:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 from aegisops.detector import Observation
-from aegisops.shape import counts, describe
+from aegisops.shape import classify, counts, describe
 
 HpaMode = Literal["alert", "raise_min"]
 HPA_MODES: tuple[str, ...] = get_args(HpaMode)
@@ -107,7 +107,11 @@ class PolicyState:
     `normal_streak` counts up to consecutive_anomalies (all that resolving needs).
     `verify`: the scale_up being checked. `gave_up`: scaling did not help, no more
     scale-ups this incident. `hands_off`: someone else set the replicas, no scaling
-    for the rest of this incident. All three end when the incident resolves.
+    for the rest of this incident. `restarted`: a leak restart was done this incident.
+    `alerts_sent`: the alert kinds sent this incident (each at most once). These end
+    when the incident resolves (and start empty when one is confirmed).
+    `calm_clock`: since when no surge-shaped sample was seen (the first sample after a
+    start, else the last surge); scale-down and hands-off measure calm from it.
     """
 
     anomalous_streak: int = 0
@@ -118,12 +122,23 @@ class PolicyState:
     verify: Verify | None = None
     gave_up: bool = False
     hands_off: bool = False
+    restarted: bool = False
+    alerts_sent: frozenset[str] = frozenset()
+    calm_clock: float | None = None
+
+
+def _fresh(state: PolicyState) -> PolicyState:
+    """`state` without what an incident held (a new one starts, or the last one ended)."""
+    return replace(state, gave_up=False, hands_off=False, restarted=False, alerts_sent=frozenset())
 
 
 def advance(
     state: PolicyState, obs: Observation, *, now: float, params: PolicyParams
 ) -> tuple[PolicyState, bool, bool]:
     """The next streaks; (state, confirmed now, resolved now)."""
+    surge = counts(obs, params) and classify(obs, params) == "surge"
+    if surge or state.calm_clock is None:
+        state = replace(state, calm_clock=now)
     if obs.status != "scored":
         return state, False, False
     needed = params.consecutive_anomalies
@@ -139,7 +154,7 @@ def advance(
             calm_since=None,
         )
         if confirm:  # a new incident: nothing carried from an earlier one
-            next_state = replace(next_state, gave_up=False, hands_off=False)
+            next_state = _fresh(next_state)
         return next_state, confirm, False
     if not state.incident_open and state.normal_streak >= needed and state.calm_since is not None:
         return state, False, False  # settled calm: nothing changes (the common case)
@@ -155,7 +170,7 @@ def advance(
         calm_since=state.calm_since if state.calm_since is not None or still_open else now,
     )
     if resolve:  # the incident is over, and so is what it held
-        next_state = replace(next_state, verify=None, gave_up=False, hands_off=False)
+        next_state = replace(_fresh(next_state), verify=None)
     return next_state, False, resolve
 
 

@@ -21,6 +21,8 @@ LAST_ACTION_AT = "aegisops.dev/last-action-at"
 COOLDOWN_UNTIL = "aegisops.dev/cooldown-until"
 ROLLBACK_TO = "aegisops.dev/rollback-to"
 HPA_ORIGINAL_MIN = "aegisops.dev/hpa-original-min"
+HPA_MIN_SET = "aegisops.dev/hpa-min-set"
+HANDS_OFF = "aegisops.dev/hands-off"
 ANNOTATION_KEYS = (
     ORIGINAL_REPLICAS,
     REPLICAS_SET,
@@ -29,6 +31,8 @@ ANNOTATION_KEYS = (
     COOLDOWN_UNTIL,
     ROLLBACK_TO,
     HPA_ORIGINAL_MIN,
+    HPA_MIN_SET,
+    HANDS_OFF,
 )
 """Written by the engine only; a merge patch sets the unset ones to null to clear them."""
 
@@ -39,8 +43,8 @@ DRY_RUN = "aegisops.dev/dry-run"
 ENABLED_LABEL = "aegisops.dev/enabled"
 """Label set by people: "true" opts a Deployment in through discovery."""
 
-_COUNTS = (ORIGINAL_REPLICAS, REPLICAS_SET, ROLLBACK_TO, HPA_ORIGINAL_MIN)
-_TIMES = (LAST_ACTION_AT, COOLDOWN_UNTIL)
+_COUNTS = (ORIGINAL_REPLICAS, REPLICAS_SET, ROLLBACK_TO, HPA_ORIGINAL_MIN, HPA_MIN_SET)
+_TIMES = (LAST_ACTION_AT, COOLDOWN_UNTIL, HANDS_OFF)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +54,10 @@ class Memory:
     `original_replicas`: replicas before the first action of this episode.
     `replicas_set`: the count AegisOps last set; any other count seen later was set
     by someone else. `rollback_to`: a scale-up did not help, go back to this count once
-    the cooldown ends. `hpa_original_min`: the HPA's minReplicas before AegisOps raised it.
+    the cooldown ends. `hpa_original_min`: the HPA's minReplicas before AegisOps raised it;
+    `hpa_min_set`: the minReplicas AegisOps set (any other value later: a human's).
+    `hands_off`: when someone else's change was released; no scaling until the workload
+    has been calm for the scale-down window after it.
     """
 
     original_replicas: int | None = None
@@ -60,6 +67,8 @@ class Memory:
     replicas_set: int | None = None
     rollback_to: int | None = None
     hpa_original_min: int | None = None
+    hpa_min_set: int | None = None
+    hands_off: float | None = None
 
 
 def format_time(t: float) -> str:
@@ -85,8 +94,13 @@ def memory_to_annotations(memory: Memory) -> dict[str, str]:
         REPLICAS_SET: memory.replicas_set,
         ROLLBACK_TO: memory.rollback_to,
         HPA_ORIGINAL_MIN: memory.hpa_original_min,
+        HPA_MIN_SET: memory.hpa_min_set,
     }
-    times = {LAST_ACTION_AT: memory.last_action_at, COOLDOWN_UNTIL: memory.cooldown_until}
+    times = {
+        LAST_ACTION_AT: memory.last_action_at,
+        COOLDOWN_UNTIL: memory.cooldown_until,
+        HANDS_OFF: memory.hands_off,
+    }
     values: dict[str, str | None] = {
         **{key: None if n is None else str(n) for key, n in counts.items()},
         LAST_ACTION: memory.last_action,
@@ -129,5 +143,7 @@ def memory_from_annotations(
         replicas_set=counts.get(REPLICAS_SET),
         rollback_to=counts.get(ROLLBACK_TO),
         hpa_original_min=counts.get(HPA_ORIGINAL_MIN),
+        hpa_min_set=counts.get(HPA_MIN_SET),
+        hands_off=times.get(HANDS_OFF),
     )
     return memory, tuple(problems)

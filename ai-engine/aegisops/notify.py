@@ -9,8 +9,10 @@ requests' exceptions carry the URL, so only their type is ever put in `problem`.
 daemon thread posts in order. A transient failure keeps the head message and retries it
 (Retry-After, else 1 s doubling; each wait capped at `slack.max_retry_wait_seconds`): never
 reordered, never skipped; a permanent rejection drops it with one log line. At most
-`slack.max_queue` messages wait: a new one beyond that drops the oldest (one log line naming
-it). `close(timeout)` posts what it can within the timeout, logs what was left, and stops.
+`slack.max_queue` messages wait: a new one beyond that drops the oldest waiting one (one log
+line naming it) - never the message being POSTed right now, though the head may go while it
+waits out a backoff. `close(timeout)` posts what it can within the timeout, logs what was
+left, and stops; closing again does nothing.
 
 `SlackNotifier.send(payload) -> bool` is the older synchronous path (bounded retries within
 `max_retries`, `max_retry_wait_seconds` in total and `deadline_seconds`), kept for callers
@@ -253,6 +255,16 @@ def _retry_after(value: str | None) -> float | None:
 # --- the outbox ------------------------------------------------------------------------
 
 
+class OutboxNotifier(Protocol):
+    """What the outbox needs of `SlackNotifier`: one POST, and its settings."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def config(self) -> SlackConfig: ...
+    def attempt(self, body: bytes, *, timeout: float | None = None) -> Attempt: ...
+
+
 class OutboxMetrics(Protocol):
     """What the outbox reports (`aegisops.selfmetrics.SelfMetrics` has these)."""
 
@@ -279,7 +291,7 @@ class Outbox:
     def __init__(
         self,
         *,
-        notifier: SlackNotifier,
+        notifier: OutboxNotifier,
         max_queue: int = 100,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
@@ -290,6 +302,7 @@ class Outbox:
         self.notifier, self.max_queue = notifier, max_queue
         self._clock, self._sleep, self._metrics = clock, sleep, metrics
         self._queue: deque[_Queued] = deque()
+        self._posting: _Queued | None = None  # the head while its POST is in flight
         self._cond = threading.Condition()
         self._closing = False
         self._deadline = math.inf
@@ -342,8 +355,9 @@ class Outbox:
                 log.error('Slack outbox is closed: message dropped, "%s"', item.name)
                 self._count(RESULT_FAILED)
                 return
-            if len(self._queue) >= self.max_queue:
-                oldest = self._queue.popleft()
+            waiting = len(self._queue) - (self._posting is not None)
+            if waiting >= self.max_queue:
+                oldest = self._drop_oldest_waiting()
                 log.error(
                     'Slack outbox full (%d messages): dropped the oldest, "%s"',
                     self.max_queue,
@@ -354,26 +368,51 @@ class Outbox:
             self._depth()
             self._cond.notify_all()
 
+    def _drop_oldest_waiting(self) -> _Queued:
+        """Off the queue (the caller holds the lock): the head unless its POST is in flight."""
+        if self._posting is not None and self._queue[0] is self._posting:
+            oldest = self._queue[1]
+            del self._queue[1]
+            return oldest
+        return self._queue.popleft()  # the head waits out a backoff: _run re-reads the head
+
     def _run(self) -> None:
         while True:
-            item = self._next()
-            if item is None:
-                return
-            timeout = self._post_timeout()
             try:
-                result = self.notifier.attempt(item.body, timeout=timeout)
-            except Exception as err:  # attempt never raises; stay alive regardless
-                result = Attempt(PERMANENT_REJECTION, f"unexpected {type(err).__name__}")
-            if result.outcome != RETRYABLE:
-                self._finish(item, result)
-                continue
-            wait = self._wait_for(item, result)
-            if item.failures == 1:
-                log.warning("%s; retrying in %g s, kept first in line", result.problem, wait)
-            else:
-                log.debug("%s; retry %d in %g s", result.problem, item.failures, wait)
-            if not self._pause(wait):
-                return
+                if not self._post_head():
+                    return
+            except Exception as err:  # never out of the thread: the head is tried again
+                with self._cond:
+                    self._posting = None
+                log.error(
+                    "Slack outbox: unexpected %s; trying again in %g s",
+                    type(err).__name__,
+                    BACKOFF_SECONDS,
+                )
+                if not self._pause(BACKOFF_SECONDS):
+                    return
+
+    def _post_head(self) -> bool:
+        """One POST of the head message (and its backoff); False when the thread is done."""
+        item = self._next()
+        if item is None:
+            return False
+        timeout = self._post_timeout()
+        try:
+            result = self.notifier.attempt(item.body, timeout=timeout)
+        except Exception as err:  # attempt never raises; stay alive regardless
+            result = Attempt(PERMANENT_REJECTION, f"unexpected {type(err).__name__}")
+        if result.outcome != RETRYABLE:
+            self._finish(item, result)
+            return True
+        with self._cond:
+            self._posting = None  # waiting out the backoff: it may be dropped as the oldest
+        wait = self._wait_for(item, result)
+        if item.failures == 1:
+            log.warning("%s; retrying in %g s, kept first in line", result.problem, wait)
+        else:
+            log.debug("%s; retry %d in %g s", result.problem, item.failures, wait)
+        return self._pause(wait)
 
     def _wait_for(self, item: _Queued, result: Attempt) -> float:
         """Retry-After, else 1 s doubling; capped at max_retry_wait_seconds, floored at 0.1 s."""
@@ -392,11 +431,13 @@ class Outbox:
                 self._cond.wait()
             if not self._queue or self._clock() >= self._deadline:
                 return None
-            return self._queue[0]
+            self._posting = self._queue[0]
+            return self._posting
 
     def _finish(self, item: _Queued, result: Attempt) -> None:
         """Sent or permanently rejected: off the queue (unless already dropped as the oldest)."""
         with self._cond:
+            self._posting = None
             if self._queue and self._queue[0] is item:
                 self._queue.popleft()
                 self._depth()
@@ -441,8 +482,12 @@ class Outbox:
             log.error("Slack outbox: cannot count a message (%s)", type(err).__name__)
 
     def _depth(self) -> None:
-        if self._metrics is not None:
+        if self._metrics is None:
+            return
+        try:
             self._metrics.slack_queue_depth(len(self._queue))
+        except Exception as err:  # metrics must never stop the posting thread
+            log.error("Slack outbox: cannot report the queue depth (%s)", type(err).__name__)
 
 
 def _name(payload: Mapping[str, Any]) -> str:

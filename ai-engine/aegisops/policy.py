@@ -28,6 +28,8 @@ from aegisops.memory import (
     COOLDOWN_UNTIL,
     DRY_RUN,
     ENABLED_LABEL,
+    HANDS_OFF,
+    HPA_MIN_SET,
     HPA_ORIGINAL_MIN,
     LAST_ACTION,
     LAST_ACTION_AT,
@@ -59,6 +61,8 @@ __all__ = [
     "COOLDOWN_UNTIL",
     "DRY_RUN",
     "ENABLED_LABEL",
+    "HANDS_OFF",
+    "HPA_MIN_SET",
     "HPA_MODES",
     "HPA_ORIGINAL_MIN",
     "LAST_ACTION",
@@ -83,6 +87,8 @@ __all__ = [
     "counts",
     "decide",
     "describe",
+    "dry_run_memory",
+    "dry_run_state",
     "format_time",
     "is_load_shaped",
     "material",
@@ -104,7 +110,7 @@ class Decision:
     `shape`: the shape of this observation's anomaly (None when it does not count).
     `alert`: the alert kind to send now (None: nothing beyond confirmed/resolved).
     `hpa_min_after`: the HPA's minReplicas for hpa_raise / hpa_restore.
-    `memory_before`: the memory decide() was given (None: same as `memory`).
+    `memory_before`, `state_before`: what decide() was given (None: not known).
     """
 
     action: Action
@@ -120,6 +126,7 @@ class Decision:
     alert: AlertKind | None = None
     hpa_min_after: int | None = None
     memory_before: Memory | None = None
+    state_before: PolicyState | None = None
 
 
 def decide(
@@ -158,7 +165,7 @@ def decide(
         state=new_state,
         shape=classify(observation, params) if counting else None,
     )
-    out = weigh(facts, confirmed=confirmed, acting=new_state.incident_open and counting)
+    out = weigh(facts, acting=new_state.incident_open and counting)
     reason = out.reason or status_reason(observation, out.state, params, resolved=resolved)
     return Decision(
         action=out.action,
@@ -174,6 +181,7 @@ def decide(
         alert=out.alert,
         hpa_min_after=out.hpa_min_after,
         memory_before=memory,
+        state_before=state,
     )
 
 
@@ -181,13 +189,19 @@ def unapplied(decision: Decision, why: str) -> Decision:
     """`decision` as it stands when its action was not applied (dry-run, a failed write).
 
     Action none, replicas and memory as they were, no verification started, no alert
-    for the action; the reason says why. Streaks and incident state are kept.
+    for the action; the reason says why. Streaks and incident state are kept; what the
+    action itself would have changed (a give_up's verdict, a restart done) is not, so
+    the next pass judges again.
     """
     if decision.action == "none":
         return decision
-    state = decision.state
+    state, before = decision.state, decision.state_before or decision.state
     if decision.action == "scale_up":
         state = replace(state, verify=None)
+    if decision.action in ("give_up", "restart"):
+        state = replace(state, verify=before.verify, gave_up=before.gave_up, restarted=False)
+    if decision.alert is not None:
+        state = replace(state, alerts_sent=state.alerts_sent - {decision.alert})
     return replace(
         decision,
         action="none",
@@ -198,3 +212,26 @@ def unapplied(decision: Decision, why: str) -> Decision:
         alert=None,
         hpa_min_after=None,
     )
+
+
+def dry_run_memory(decision: Decision) -> Memory:
+    """The memory to carry after `decision` ran in dry-run (nothing was written).
+
+    The cooldown and last action hold (one would-be action per cooldown), and a
+    hands-off stands; nothing that says AegisOps manages the workload (replicas-set,
+    original, rollback-to, the HPA record), since it changed nothing.
+    """
+    memory = decision.memory
+    return Memory(
+        last_action=memory.last_action,
+        last_action_at=memory.last_action_at,
+        cooldown_until=memory.cooldown_until,
+        hands_off=memory.hands_off,
+    )
+
+
+def dry_run_state(decision: Decision) -> PolicyState:
+    """The state to carry after `decision` ran in dry-run: no verification started."""
+    if decision.action == "scale_up":
+        return replace(decision.state, verify=None)
+    return decision.state

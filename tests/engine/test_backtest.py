@@ -317,16 +317,16 @@ def test_a_surge_scales_up_then_steps_back_down_after_recovery(tmp_path: Path) -
     assert acted(out) == [
         (202, "scale_up", "2"),
         (212, "scale_up", "3"),  # p95 eased (its excess more than halved) but is still up
-        (252, "scale_down", "2"),  # calm for 150 s since the incident resolved
-        (262, "scale_down", "1"),  # one step per 150 s cooldown, back to the start
+        (249, "scale_down", "2"),  # calm for 150 s since the last surge row (239)
+        (259, "scale_down", "1"),  # one step per 150 s cooldown, back to the start
     ]
     assert [r["anomaly"] for r in out[240:244]] == ["1", "1", "0", "0"]  # resolved at 242
     assert out[230]["reason"].endswith(
         "; p95 latency back at baseline since the last scale_up, holding"
     )
-    assert out[252]["reason"] == "calm for 150s; scale_down 3->2 (toward 1)"
-    assert out[262]["reason"] == "calm for 300s; scale_down 2->1 (original replicas)"
-    assert {r["replicas"] for r in out[262:]} == {"1"}
+    assert out[249]["reason"] == "calm for 150s; scale_down 3->2 (toward 1)"
+    assert out[259]["reason"] == "calm for 300s; scale_down 2->1 (original replicas)"
+    assert {r["replicas"] for r in out[259:]} == {"1"}
 
 
 def test_a_surge_that_scaling_does_not_ease_gives_up_and_rolls_back(tmp_path: Path) -> None:
@@ -335,7 +335,8 @@ def test_a_surge_that_scaling_does_not_ease_gives_up_and_rolls_back(tmp_path: Pa
     assert acted(out) == [(202, "scale_up", "2"), (207, "give_up", "2"), (212, "rollback", "1")]
     assert out[207]["reason"] == (
         "p95_latency_seconds 0.454 vs baseline 0.0497 (up), rps 122 vs baseline 40.5 (up) "
-        "5 samples after scale_up 1->2: scaling did not help (p95 +0.404s off baseline); "
+        "5 samples after scale_up 1->2: scaling did not help (p95 0.453s at the scale_up, "
+        "0.454s now, baseline 0.0497s); "
         "no more scale-ups this incident, rollback to 1 after the cooldown"
     )
     assert out[212]["reason"] == "scaling did not help and the cooldown is over: rollback 2->1"

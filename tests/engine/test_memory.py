@@ -9,6 +9,8 @@ import pytest
 from aegisops.memory import (
     ANNOTATION_KEYS,
     COOLDOWN_UNTIL,
+    HANDS_OFF,
+    HPA_MIN_SET,
     HPA_ORIGINAL_MIN,
     LAST_ACTION,
     LAST_ACTION_AT,
@@ -85,6 +87,8 @@ def test_the_new_annotations_round_trip_too() -> None:
         cooldown_until=T0 + 299.2,  # rounded up: a cooldown never shrinks
         rollback_to=2,
         hpa_original_min=1,
+        hpa_min_set=2,
+        hands_off=T0 + 60,
     )
     annotations = memory_to_annotations(memory)
     assert annotations == {
@@ -95,12 +99,14 @@ def test_the_new_annotations_round_trip_too() -> None:
         COOLDOWN_UNTIL: "2025-11-26T10:05:00Z",
         ROLLBACK_TO: "2",
         HPA_ORIGINAL_MIN: "1",
+        HPA_MIN_SET: "2",
+        HANDS_OFF: "2025-11-26T10:01:00Z",
     }
     assert list(annotations) == list(ANNOTATION_KEYS)
     assert memory_from_annotations(annotations) == (replace(memory, cooldown_until=T0 + 300), ())
 
 
-@pytest.mark.parametrize("key", [REPLICAS_SET, ROLLBACK_TO, HPA_ORIGINAL_MIN])
+@pytest.mark.parametrize("key", [REPLICAS_SET, ROLLBACK_TO, HPA_ORIGINAL_MIN, HPA_MIN_SET])
 def test_new_counts_are_read_tolerantly(key: str) -> None:
     memory, problems = memory_from_annotations({key: "two", LAST_ACTION: "scale_up 1->2"})
     assert memory == Memory(last_action="scale_up 1->2")
@@ -109,3 +115,9 @@ def test_new_counts_are_read_tolerantly(key: str) -> None:
 
 def test_policy_re_exports_the_memory_names() -> None:
     assert ReExported is Memory and re_exported is memory_from_annotations
+
+
+def test_a_hands_off_time_that_cannot_be_read_is_ignored() -> None:
+    memory, problems = memory_from_annotations({HANDS_OFF: "yesterday"})
+    assert memory == Memory()
+    assert problems == (f"{HANDS_OFF}: 'yesterday' is not an RFC 3339 UTC timestamp; ignored",)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from aegisops.config import ConfigError, Secret, SlackConfig, parse_config
-from aegisops.notify import Outbox, SlackNotifier
+from aegisops.notify import RETRYABLE, SENT, Attempt, Outbox, SlackNotifier
 from aegisops.selfmetrics import SelfMetrics
 from sandbox.procs import wait_until
 from sandbox.slack import WEBHOOK_PATH, SlackReceiver
@@ -150,22 +152,172 @@ def test_a_permanent_rejection_drops_that_message_only(
     assert h.sample("aegisops_slack_messages_total", result="failed") == 1.0
 
 
-def test_a_full_queue_drops_the_oldest(slack: SlackReceiver, h: Harness) -> None:
-    slack.script(500, times=50)
-    box = h.outbox(slack.url, max_queue=3, real_waits=True)
-    for n in range(1, 6):
+class Scripted:
+    """A notifier at the outbox's boundary: answers from `script` (then sent), records every
+    body; while `hold` is set a POST waits for `go` once it is in flight (`in_flight`)."""
+
+    enabled = True
+
+    def __init__(self, *script: Attempt) -> None:
+        self.config = slack_config()
+        self.script = list(script)
+        self.bodies: list[str] = []
+        self.hold, self.in_flight, self.go = threading.Event(), threading.Event(), threading.Event()
+        self.lock = threading.Lock()
+
+    def attempt(self, body: bytes, *, timeout: float | None = None) -> Attempt:
+        with self.lock:
+            self.bodies.append(json.loads(body)["text"])
+        if self.hold.is_set():
+            self.in_flight.set()
+            assert self.go.wait(timeout=30)
+        return self.script.pop(0) if self.script else Attempt(SENT)
+
+
+class Pause:
+    """The outbox's `sleep`: blocks (`asleep` set) until `wake` is set."""
+
+    def __init__(self) -> None:
+        self.asleep, self.wake = threading.Event(), threading.Event()
+
+    def __call__(self, seconds: float) -> None:
+        self.asleep.set()
+        assert self.wake.wait(timeout=30)
+
+
+def scripted_outbox(h: Harness, notifier: Scripted, **kwargs: Any) -> Outbox:
+    box = Outbox(notifier=notifier, metrics=h.metrics, **kwargs)
+    h.outboxes.append(box)
+    return box
+
+
+def test_a_full_queue_drops_the_oldest_waiting_never_the_one_in_flight(h: Harness) -> None:
+    slack = Scripted()
+    slack.hold.set()
+    box = scripted_outbox(h, slack, max_queue=3)
+    box.send(message(1))
+    assert slack.in_flight.wait(timeout=10)  # message 1 is being POSTed: it is not waiting
+    for n in range(2, 7):
         box.send(message(n))
-    assert box.pending() == 3
+    assert box.pending() == 4  # the one in flight, and three waiting
     assert [line for line in h.lines() if line[0] == "ERROR"] == [
-        ("ERROR", 'Slack outbox full (3 messages): dropped the oldest, "message 1"'),
         ("ERROR", 'Slack outbox full (3 messages): dropped the oldest, "message 2"'),
+        ("ERROR", 'Slack outbox full (3 messages): dropped the oldest, "message 3"'),
     ]
     assert h.sample("aegisops_slack_dropped_total", reason="queue_full") == 2.0
-    assert h.sample("aegisops_slack_queue_depth") == 3.0
-    # the first POST (of message 1 or 2) was answered 500: the thread waits 1 s before the next
-    wait_until(lambda: slack.received(), timeout=10, message="the first POST")
-    slack.clear()  # Slack recovers: what is left goes out in order
-    assert posted(slack, 3) == [message(3), message(4), message(5)]
+    assert h.sample("aegisops_slack_queue_depth") == 4.0
+    slack.go.set()
+    box.close(timeout=10)
+    assert slack.bodies == ["message 1", "message 4", "message 5", "message 6"]
+    assert h.sample("aegisops_slack_messages_total", result="sent") == 4.0
+
+
+def test_a_full_queue_may_drop_the_head_while_it_waits_out_a_backoff(h: Harness) -> None:
+    slack, pause = Scripted(Attempt(RETRYABLE, "Slack answered HTTP 500")), Pause()
+    box = scripted_outbox(h, slack, max_queue=2, sleep=pause)
+    box.send(message(1))
+    assert pause.asleep.wait(timeout=10)  # message 1 failed once and waits for its retry
+    box.send(message(2))
+    box.send(message(3))
+    assert h.lines()[-1] == (
+        "ERROR",
+        'Slack outbox full (2 messages): dropped the oldest, "message 1"',
+    )
+    pause.wake.set()
+    box.close(timeout=10)
+    assert slack.bodies == ["message 1", "message 2", "message 3"]  # 1 is not posted again
+    assert h.sample("aegisops_slack_messages_total", result="sent") == 2.0
+
+
+class DepthFailsOnce:
+    """Outbox metrics whose queue-depth gauge raises the first time it is set to 0."""
+
+    def __init__(self) -> None:
+        self.results: list[str] = []
+        self.failed = False
+
+    def slack_message(self, result: str) -> None:
+        self.results.append(result)
+
+    def slack_queue_depth(self, depth: int) -> None:
+        if depth == 0 and not self.failed:
+            self.failed = True
+            raise RuntimeError("gauge is broken")
+
+    def slack_dropped(self, reason: str) -> None:
+        raise AssertionError(reason)
+
+
+def test_a_metrics_error_never_stops_the_posting_thread(h: Harness) -> None:
+    slack, metrics = Scripted(), DepthFailsOnce()
+    box = Outbox(notifier=slack, metrics=metrics)
+    h.outboxes.append(box)
+    box.send(message(1))  # posted, then the depth gauge (0) raises in the posting thread
+    wait_until(lambda: metrics.failed and box.pending() == 0, timeout=10, message="message 1")
+    box.send(message(2))
+    box.close(timeout=10)
+    assert slack.bodies == ["message 1", "message 2"]
+    assert metrics.results == ["sent", "sent"]
+    assert ("ERROR", "Slack outbox: cannot report the queue depth (RuntimeError)") in h.lines()
+
+
+class ConfigFailsOnce(Scripted):
+    """A notifier whose settings the posting thread cannot read once (an error outside
+    `attempt`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+        self._config = slack_config()
+
+    @property  # type: ignore[override]
+    def config(self) -> SlackConfig:
+        if self.broken and threading.current_thread().name == "aegisops-slack":
+            self.broken = False
+            raise KeyError("timeout_seconds")
+        return self._config
+
+    @config.setter
+    def config(self, value: SlackConfig) -> None:
+        self._config = value
+
+
+def test_an_unexpected_error_in_the_thread_retries_the_head(h: Harness) -> None:
+    slack = ConfigFailsOnce()
+    box = scripted_outbox(h, slack, sleep=h.sleeps.append)
+    box.send(message(1))
+    box.close(timeout=10)
+    assert slack.bodies == ["message 1"]
+    assert h.sleeps == [1.0]
+    assert h.lines()[0] == ("ERROR", "Slack outbox: unexpected KeyError; trying again in 1 s")
+
+
+def test_close_twice_and_concurrent_senders(h: Harness) -> None:
+    slack = Scripted()
+    box = scripted_outbox(h, slack)
+    senders, each = 4, 25
+    start = threading.Barrier(senders)
+
+    def sender(k: int) -> None:
+        start.wait(timeout=10)
+        for n in range(each):
+            box.send(message(k * 100 + n))
+
+    threads = [threading.Thread(target=sender, args=(k,)) for k in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    box.close(timeout=10)
+    box.close(timeout=10)  # idempotent: nothing more happens, nothing more is logged
+    assert sorted(slack.bodies) == sorted(
+        f"message {k * 100 + n}" for k in range(senders) for n in range(each)
+    )
+    for k in range(senders):  # each sender's messages in its own order
+        mine = [b for b in slack.bodies if int(b.split()[1]) // 100 == k]
+        assert mine == [f"message {k * 100 + n}" for n in range(each)]
+    assert h.lines() == [("INFO", "Slack outbox closed: every message was posted")]
+    assert h.sample("aegisops_slack_messages_total", result="sent") == senders * each
 
 
 def test_close_with_a_dead_receiver_returns_and_counts_what_is_left(h: Harness) -> None:

@@ -17,6 +17,8 @@ from aegisops.policy import (
     PolicyState,
     Verify,
     decide,
+    dry_run_memory,
+    dry_run_state,
     memory_from_annotations,
     memory_to_annotations,
     unapplied,
@@ -199,9 +201,12 @@ def test_memory_only_and_traffic_drops_only_alert(
 
 
 def test_hpa_managed_workloads_only_alert() -> None:
-    d = Workload(hpa_managed=True).feed(anomaly, 3)[-1]
-    assert d.action == "alert"
-    assert "an HPA manages this Deployment" in d.reason
+    w = Workload(hpa_managed=True)
+    decisions = w.feed(anomaly, 40) + w.feed(normal, 40)  # past cooldowns and calm windows
+    assert [d.action for d in decisions] == ["none", "none", "alert"] + ["none"] * 77
+    assert decisions[2].alert == "hpa"
+    assert decisions[2].reason.endswith("; an HPA manages this Deployment, not scaling")
+    assert w.replicas == 1 and w.memory == Memory()
 
 
 def test_incident_resolves_after_as_many_normal_samples() -> None:
@@ -310,7 +315,7 @@ def test_paused_never_acts_but_alerts_once() -> None:
     assert w.replicas == 1 and w.memory == Memory()
 
 
-def test_a_hand_edit_releases_the_record_and_starts_a_cooldown() -> None:
+def test_a_hand_edit_releases_the_record_and_holds_off_until_calm() -> None:
     w = Workload(replicas=3, memory=replace(SCALED, cooldown_until=T0 - 1))  # a human set 3
     first, *rest = w.feed(hot, 30)
     assert (first.action, first.alert, first.replicas_after) == ("release", "hands_off", 3)
@@ -318,13 +323,42 @@ def test_a_hand_edit_releases_the_record_and_starts_a_cooldown() -> None:
         last_action="release 2->3 (set by someone else)",
         last_action_at=T0 + 15,
         cooldown_until=T0 + 315,
+        hands_off=T0 + 15,
     )
-    assert not first.state.hands_off  # no incident yet: nothing to hold off
-    assert rest[1].confirmed and not rest[1].state.hands_off
-    assert rest[1].reason.endswith("; cooldown until 2025-11-26T10:05:15Z")  # the release's
     assert first.reason == (
         "replicas are 3, AegisOps set 2: someone else changed them; hands off, record cleared"
     )
+    assert rest[1].confirmed and rest[1].action == "none"  # confirmed, never scaled
+    assert {d.action for d in rest} == {"none"} and w.replicas == 3
+    assert rest[-1].reason.endswith("; hands off: the replicas were set by someone else")
+    calm = w.feed(normal, 20)  # the last surge sample at T0 + 450: calm for 300 s at T0 + 750
+    assert [d.action for d in calm] == ["none"] * 19 + ["release"]
+    assert calm[-1].reason == "calm for 300s after someone else's change: hands-off cleared"
+    assert calm[-1].memory == replace(
+        first.memory,
+        hands_off=None,
+        last_action="release (hands-off cleared)",
+        last_action_at=T0 + 750,
+    )
+    again = w.feed(hot, 3)[-1]  # the next surge is ours again (3 is the max)
+    assert (again.action, again.alert) == ("alert", "at_max")
+    assert again.reason.endswith("; at max replicas (3)")
+
+
+def test_a_hands_off_survives_a_restart_through_its_annotation() -> None:
+    w = Workload()
+    w.feed(hot, 3)  # scale_up 1->2
+    w.replicas = 1  # kubectl scale --replicas=1
+    released = w.feed(hot)[0]
+    assert released.action == "release"
+    memory, problems = memory_from_annotations(memory_to_annotations(released.memory))
+    assert problems == () and memory.hands_off == T0 + 60
+    restarted = Workload(replicas=1, memory=memory)  # a fresh engine, the same surge
+    restarted.t = w.t + 60
+    decisions = restarted.feed(hot, 40)  # 600 s: past the cooldown
+    assert decisions[2].confirmed
+    assert {d.action for d in decisions} == {"none"} and restarted.replicas == 1
+    assert decisions[-1].reason.endswith("; hands off: the replicas were set by someone else")
 
 
 def test_hands_off_holds_for_the_rest_of_the_incident() -> None:
@@ -366,10 +400,18 @@ def test_latency_at_normal_traffic_is_a_slow_dependency() -> None:
     )
 
 
-def test_a_memory_leak_restarts_once_per_cooldown_when_enabled() -> None:
+def test_a_memory_leak_restarts_once_per_incident_when_enabled() -> None:
     w = Workload(params=replace(PARAMS, restart_on_memory_leak=True))
-    decisions = w.feed(lambda t: anomaly(t, LEAK), 23)
-    assert [i for i, d in enumerate(decisions) if d.action != "none"] == [2, 22]
+    decisions = w.feed(lambda t: anomaly(t, LEAK), 4 * 60 * 2)  # two hours of a leak
+    assert [(i, d.action, d.alert) for i, d in enumerate(decisions) if d.action != "none"] == [
+        (2, "restart", None),
+        (22, "alert", "not_helping"),  # the cooldown is over, the leak is not
+    ]
+    assert decisions[22].reason == (
+        "memory_bytes 3e+08 vs baseline 1e+08 (up) without more load: a memory leak, scaling"
+        " cannot fix it; the leak persists after the restart's cooldown: restarting did not help"
+    )
+    assert decisions[-1].memory == decisions[2].memory  # nothing written after the restart
     restart = decisions[2]
     assert (restart.action, restart.replicas_after, restart.shape) == ("restart", 1, "memory_leak")
     assert restart.reason.endswith(
@@ -378,7 +420,10 @@ def test_a_memory_leak_restarts_once_per_cooldown_when_enabled() -> None:
     assert restart.memory == Memory(
         last_action="restart", last_action_at=T0 + 45, cooldown_until=T0 + 345
     )
-    assert decisions[3].reason.endswith("; cooldown until 2025-11-26T10:05:45Z")
+    assert decisions[3].reason.endswith("; restarted, cooldown until 2025-11-26T10:05:45Z")
+    w.feed(normal, 3)  # resolved: the next incident may restart once again
+    again = w.feed(lambda t: anomaly(t, LEAK), 3)
+    assert [d.action for d in again] == ["none", "none", "restart"]
 
 
 def test_an_hpa_in_alert_mode_is_only_alerted() -> None:
@@ -399,13 +444,14 @@ def test_raise_min_raises_the_hpa_floor_then_restores_it_after_the_calm_window()
         last_action_at=T0 + 45,
         cooldown_until=T0 + 345,
         hpa_original_min=2,
+        hpa_min_set=3,
     )
     w.kw["hpa"] = replace(hpa, min_replicas=3)
     calm = w.feed(normal, 30)
     restores = [d for d in calm if d.action != "none"]
     assert [(d.action, d.hpa_min_after) for d in restores] == [("hpa_restore", 2)]
     assert restores[0].reason == "calm for 300s; hpa_restore web minReplicas 3->2"
-    assert restores[0].memory.hpa_original_min is None
+    assert restores[0].memory.hpa_original_min is None and restores[0].memory.hpa_min_set is None
 
 
 def test_an_hpa_appearing_after_aegisops_scaled_takes_over_the_record() -> None:
@@ -452,7 +498,8 @@ def test_latency_not_easing_after_verify_passes_gives_up() -> None:
     assert (after[-1].alert, after[-1].memory.rollback_to) == ("not_helping", 1)
     assert after[-1].reason == (
         "p95_latency_seconds 0.84 vs baseline 0.05 (up), rps 150 vs baseline 40 (up) "
-        "5 samples after scale_up 1->2: scaling did not help (p95 +0.79s off baseline); "
+        "5 samples after scale_up 1->2: scaling did not help (p95 0.84s at the scale_up, "
+        "0.84s now, baseline 0.05s); "
         "no more scale-ups this incident, rollback to 1 after the cooldown"
     )
 
@@ -538,3 +585,213 @@ def test_a_restart_after_give_up_still_rolls_back_from_the_annotations() -> None
     d = w.feed(hot)[0]
     assert problems == () and (d.action, d.replicas_after) == ("rollback", 1)
     assert d.memory.original_replicas is None and d.memory.rollback_to is None
+
+
+# -- regressions (review of the safe-autonomy policy) -----------------------------------
+
+
+def test_a_rollback_stays_within_the_bounds_and_never_scales_up() -> None:
+    gave_up = replace(SCALED, replicas_set=9, rollback_to=8, cooldown_until=T0)
+    lowered = Workload(replicas=9, memory=gave_up, limits=Limits(min_replicas=1, max_replicas=3))
+    steps = [(d.action, d.replicas_after) for d in lowered.feed(normal, 10) if d.action != "none"]
+    assert steps == [("rollback", 3)]  # max lowered from 10 to 3 since the give_up
+    hand_written = Memory(replicas_set=2, rollback_to=40)  # not below the replicas now
+    w = Workload(replicas=2, memory=hand_written)
+    decisions = w.feed(normal, 10)
+    assert [d.action for d in decisions] == ["release"] + ["none"] * 9
+    assert decisions[0].reason == (
+        "rollback-to 40 is not below the 2 replicas now (bounds 1-3): rollback-to cleared"
+    )
+    assert decisions[0].memory == Memory(
+        replicas_set=2, last_action="release (rollback-to 40 cleared)", last_action_at=T0 + 15
+    )
+    assert w.replicas == 2
+
+
+def test_a_pending_rollback_after_a_restart_holds_scale_ups_then_rolls_back() -> None:
+    gave_up = replace(SCALED, rollback_to=1, last_action="give_up 1->2 (not_helping)")
+    memory, _ = memory_from_annotations(memory_to_annotations(gave_up))
+    w = Workload(replicas=2, memory=memory)
+    w.t = T0 + 200  # restarted while the cooldown (until T0 + 300) runs; the surge goes on
+    decisions = w.feed(hot, 40)
+    acted = [
+        (w.t - 15 * (39 - i) - T0, d.action, d.replicas_after, d.alert)
+        for i, d in enumerate(decisions)
+        if d.action != "none"
+    ]
+    assert acted == [(245, "alert", 2, "not_helping"), (305, "rollback", 1, None)]
+    assert decisions[2].reason.endswith("; rollback pending: to 1 after the cooldown, no scale-ups")
+    assert decisions[-1].reason.endswith(
+        "; scaling did not help in this incident, no more scale-ups"
+    )
+
+
+def test_a_new_incident_within_the_cooldown_does_not_overwrite_the_rollback() -> None:
+    w = Workload()
+    w.feed(hot, 3)
+    assert w.feed(hot, 5)[-1].action == "give_up"  # at T0 + 120, cooldown until T0 + 345
+    w.feed(normal, 3)  # resolved at T0 + 165
+    later = w.feed(hot, 20)
+    acted = [
+        (d.action, d.replicas_after, d.memory.rollback_to) for d in later if d.action != "none"
+    ]
+    assert acted == [("alert", 2, 1), ("rollback", 1, None)]
+
+
+def test_give_up_keeps_an_earlier_lower_rollback_target() -> None:
+    check = Verify(since=T0, before=2, after=3, p95=0.84)
+    w = Workload(replicas=3, memory=replace(SCALED, replicas_set=3, rollback_to=1))
+    w.state = PolicyState(anomalous_streak=3, incident_open=True, incident_since=T0, verify=check)
+    decisions = w.feed(hot, 5)
+    assert [d.action for d in decisions] == ["alert"] + ["none"] * 3 + ["give_up"]
+    assert decisions[0].reason.endswith("; rollback pending: to 1 after the cooldown, no scale-ups")
+    assert decisions[-1].memory.rollback_to == 1
+    assert decisions[-1].reason.endswith("rollback to 1 after the cooldown")
+
+
+def test_no_scale_up_while_the_last_one_is_being_verified() -> None:
+    params = replace(PARAMS, cooldown_seconds=60)  # shorter than the verification
+    w = Workload(params=params, limits=Limits(max_replicas=10), ready_replicas=1)
+    decisions = w.feed(hot, 3) + w.feed(lambda t: hot(t, p95=0.1), 57)  # eased: only readiness
+    acted = [
+        (i, d.action, d.replicas_after, d.alert)
+        for i, d in enumerate(decisions)
+        if d.action != "none"
+    ]
+    assert acted == [
+        (2, "scale_up", 2, None),
+        (11, "give_up", 2, "not_ready"),
+        (12, "rollback", 1, None),
+    ]
+    assert decisions[5].reason.endswith("; cooldown until 2025-11-26T10:01:45Z")
+    assert decisions[6].reason.endswith("; verifying scale_up 1->2: ready 1/2, pass 4/5")
+    assert decisions[10].reason.endswith("; verifying scale_up 1->2: ready 1/2, pass 5/5")
+    assert decisions[11].memory.rollback_to == 1
+    assert w.replicas == 1
+
+
+def idle(t: float) -> Observation:
+    return Observation(t=t, status="idle")
+
+
+@pytest.mark.parametrize(
+    "after_surge", [idle, lambda t: anomaly(t, DROP)], ids=["idle", "traffic_drop"]
+)
+def test_scale_down_when_traffic_goes_idle_or_drops_after_a_surge(after_surge: object) -> None:
+    w = Workload()
+    w.feed(hot, 3)  # scale_up 1->2 at T0 + 45
+    w.state = replace(w.state, verify=None)  # verified (readiness is not the point here)
+    later = w.feed(after_surge, 40)
+    downs = [(d.action, d.replicas_after, d.reason) for d in later if d.action == "scale_down"]
+    assert downs == [("scale_down", 1, "calm for 300s; scale_down 2->1 (original replicas)")]
+    assert later[19].memory.last_action_at == T0 + 345  # 300 s after the last surge sample
+    assert w.replicas == 1 and w.memory.original_replicas is None
+
+
+def test_never_scale_down_during_a_surge() -> None:
+    limits = Limits(max_replicas=2)
+    w = Workload(replicas=2, memory=replace(SCALED, cooldown_until=T0), limits=limits)
+    decisions = w.feed(hot, 60)  # at max: nothing more to add, and nothing to take away
+    assert [d.action for d in decisions] == ["none"] * 2 + ["alert"] + ["none"] * 57
+    assert decisions[2].alert == "at_max" and w.replicas == 2
+
+
+def test_a_restart_while_idle_starts_the_calm_clock_at_the_first_sample() -> None:
+    w = Workload(replicas=2, memory=replace(SCALED, cooldown_until=T0))
+    decisions = w.feed(idle, 40)
+    acted = [(i, d.action, d.replicas_after) for i, d in enumerate(decisions) if d.action != "none"]
+    assert acted == [(20, "scale_down", 1)]  # first sample at T0 + 15, calm 300 s later
+    assert decisions[20].reason == "calm for 300s; scale_down 2->1 (original replicas)"
+
+
+RAISE_MIN = replace(PARAMS, hpa_mode="raise_min")
+HPA = HpaView(name="web", min_replicas=2, max_replicas=6)
+
+
+def test_a_human_changing_the_raised_hpa_floor_wins_over_the_restore() -> None:
+    w = Workload(replicas=2, hpa=HPA, params=RAISE_MIN)
+    assert w.feed(hot, 3)[-1].action == "hpa_raise"  # minReplicas 2->3
+    w.kw["hpa"] = replace(HPA, min_replicas=5)  # a human set 5
+    first, *rest = w.feed(hot, 30)
+    assert (first.action, first.alert, first.hpa_min_after) == ("release", "hands_off", None)
+    assert first.reason == (
+        "the HPA web minReplicas is 5, AegisOps set 3: someone else changed it; "
+        "hands off, HPA record cleared"
+    )
+    assert (first.memory.hpa_original_min, first.memory.hpa_min_set) == (None, None)
+    assert {d.action for d in rest} == {"none"}  # no raise over the human's floor
+    assert rest[-1].reason.endswith("; hands off: the HPA's minReplicas was set by someone else")
+    calm = w.feed(normal, 30)
+    assert [d.action for d in calm if d.action != "none"] == ["release"]  # hands-off cleared
+    assert not any(d.hpa_min_after for d in calm)  # 5 stays
+
+
+def test_without_a_scale_down_window_the_hpa_floor_is_restored_after_the_cooldown() -> None:
+    w = Workload(replicas=2, hpa=HPA, params=replace(RAISE_MIN, scale_down_after_seconds=None))
+    w.feed(hot, 3)  # hpa_raise at T0 + 45, cooldown until T0 + 345
+    w.kw["hpa"] = replace(HPA, min_replicas=3)
+    calm = w.feed(normal, 30)
+    acted = [
+        (i, d.action, d.hpa_min_after, d.reason) for i, d in enumerate(calm) if d.action != "none"
+    ]
+    assert acted == [(19, "hpa_restore", 2, "cooldown over; hpa_restore web minReplicas 3->2")]
+
+
+def test_dry_run_memory_and_state_never_look_managed() -> None:
+    """A dry-run caller keeps only the cooldown: no hand edit, no give_up, no release."""
+    w = Workload(ready_replicas=1)
+    decisions = []
+    for _ in range(120):  # 30 min of a surge the replicas never follow (nothing is applied)
+        d = w.feed(hot)[0]
+        w.memory, w.state, w.replicas = dry_run_memory(d), dry_run_state(d), 1
+        decisions.append(d)
+    acted = [(i, d.action) for i, d in enumerate(decisions) if d.action != "none"]
+    assert acted == [(i, "scale_up") for i in (2, 22, 42, 62, 82, 102)]  # once per cooldown
+    assert decisions[22].reason.endswith("; scale_up 1->2")
+    assert decisions[3].reason.endswith("; cooldown until 2025-11-26T10:05:45Z")
+    assert w.memory == Memory(
+        last_action="scale_up 1->2", last_action_at=T0 + 1545, cooldown_until=T0 + 1845
+    )
+    assert w.state.verify is None and not w.state.gave_up and not w.state.hands_off
+
+
+def test_an_unapplied_give_up_is_judged_again_on_the_next_pass() -> None:
+    w = Workload()
+    w.feed(hot, 3)
+    gave_up = w.feed(hot, 5)[-1]
+    assert gave_up.action == "give_up"
+    held = unapplied(gave_up, "409 Conflict")
+    assert (held.action, held.state.gave_up, held.memory.rollback_to) == ("none", False, None)
+    assert held.state.verify == replace(gave_up.state_before.verify, passes=4)  # type: ignore[union-attr]
+    w.state, w.memory = held.state, held.memory
+    again = w.feed(hot, 20)
+    acted = [(d.action, d.alert, d.replicas_after) for d in again if d.action != "none"]
+    assert acted == [("give_up", "not_helping", 2), ("rollback", None, 1)]
+
+
+def test_each_alert_goes_once_per_incident_when_it_first_applies() -> None:
+    limits = Limits(max_replicas=2)
+    w = Workload(limits=limits)
+    decisions = w.feed(hot, 3) + w.feed(lambda t: hot(t, p95=0.4), 40)  # eased: verified
+    slow = (replace(SURGE[0], value=0.4),)
+    decisions += w.feed(lambda t: replace(hot(t, p95=0.4), deviations=slow), 10)
+    alerts = [(i, d.action, d.alert) for i, d in enumerate(decisions) if d.alert]
+    assert alerts == [(22, "alert", "at_max"), (43, "alert", "no_scale")]  # none repeated
+    assert decisions[22].reason.endswith("; at max replicas (2)")  # after the cooldown
+    assert decisions[43].reason.endswith(
+        "at normal traffic: a slow dependency, scaling cannot fix it"
+    )
+    w.feed(normal, 3)  # resolved: a new incident alerts again
+    assert [d.alert for d in w.feed(hot, 3)] == [None, None, "at_max"]
+
+
+def test_a_scale_up_that_did_not_take_effect_is_not_verified() -> None:
+    """A caller that keeps the state of a failed scale (record put back, replicas as they
+    were, no cooldown claimed): the stale check is dropped and the step is tried again."""
+    w = Workload()
+    up = w.feed(hot, 3)[-1]
+    w.replicas, w.memory = 1, Memory()  # the scale PATCH failed, the annotations put back
+    later = w.feed(hot, 5)
+    assert up.state.verify == Verify(since=T0 + 45, before=1, after=2, p95=0.84)
+    assert later[0].state.verify == Verify(since=T0 + 60, before=1, after=2, p95=0.84)
+    assert [(d.action, d.replicas_after) for d in later] == [("scale_up", 2)] + [("none", 2)] * 4

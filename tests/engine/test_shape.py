@@ -39,7 +39,22 @@ P95_UP = dev("p95_latency_seconds", 0.5, 0.05)
 def test_classify(deviations: tuple[Deviation, ...], shape: str) -> None:
     obs = Observation(t=0.0, status="scored", score=0.9, anomalous=True, deviations=deviations)
     assert classify(obs, PARAMS) == shape
-    assert is_load_shaped(obs, PARAMS) == (shape == "surge")
+
+
+@pytest.mark.parametrize(
+    ("deviations", "load_shaped"),
+    [
+        ((dev("rps", 60, 40),), True),
+        ((P95_UP, dev("rps", 44, 40)), True),
+        ((P95_UP, dev("rps", 43, 40)), False),
+        ((dev("rps", 10, 40),), False),
+        ((dev("memory_bytes", 3e8, 1e8),), False),
+        ((dev("rps", 45, 40),), False),  # not material
+    ],
+)
+def test_only_a_surge_is_load_shaped(deviations: tuple[Deviation, ...], load_shaped: bool) -> None:
+    obs = Observation(t=0.0, status="scored", score=0.9, anomalous=True, deviations=deviations)
+    assert is_load_shaped(obs, PARAMS) is load_shaped
 
 
 def test_rps_within_its_noise_is_normal_traffic() -> None:

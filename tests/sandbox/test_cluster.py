@@ -403,3 +403,23 @@ def test_progress_deadline_and_max_unavailable_like_kubernetes() -> None:
     deployment["spec"]["strategy"] = {"type": "Recreate"}
     recreate = deployment_status(deployment=deployment, ready=3, now=NOW)
     assert recreate["conditions"][0]["reason"] == "MinimumReplicasUnavailable"
+
+
+def test_a_scale_up_that_never_gets_its_pods_stays_complete_like_kubernetes() -> None:
+    """kube's syncRolloutStatus skips progress checks for a completed single-ReplicaSet
+    Deployment (isCompleteDeployment): no ReplicaSetUpdated, no ProgressDeadlineExceeded."""
+    deployment = app_deployment(spec=AppSpec(replicas=2))
+    deployment["metadata"]["generation"] = 1
+    deployment["spec"]["progressDeadlineSeconds"] = 600
+    deployment["status"] = deployment_status(deployment=deployment, ready=2, now=NOW)
+    assert _progressing(deployment["status"]) == ("True", "NewReplicaSetAvailable", STAMP)
+    deployment["spec"]["replicas"] = 4  # two more pods, Pending for good
+    deployment["metadata"]["generation"] = 2
+    for seconds in (1, 601, 3600):
+        status = deployment_status(
+            deployment=deployment, ready=2, now=NOW + timedelta(seconds=seconds)
+        )
+        assert _progressing(status) == ("True", "NewReplicaSetAvailable", STAMP)
+        assert (status["updatedReplicas"], status["readyReplicas"]) == (4, 2)
+        assert status["unavailableReplicas"] == 2
+        deployment["status"] = status

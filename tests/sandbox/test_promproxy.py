@@ -11,7 +11,7 @@ import requests
 
 from sandbox.procs import free_port, wait_until
 from sandbox.prometheus import PrometheusServer
-from sandbox.promproxy import DOWN_BODY, PromProxy
+from sandbox.promproxy import DOWN_BODY, Mode, PromProxy
 
 UP = "up"
 
@@ -122,6 +122,19 @@ def test_partial_drops_the_series_of_one_deployment(
     assert [s["metric"]["deployment"] for s in ranged] == ["b"]
 
 
+def test_partial_matches_the_label_it_is_given(
+    scraped: tuple[PrometheusServer, float], proxy: PromProxy
+) -> None:
+    _, at = scraped
+    proxy.set_mode("partial", deployment="a-1", label="pod")
+    assert proxy.mode == Mode(name="partial", deployment="a-1", label="pod")
+    through = _get(proxy.url, "query", {"query": UP, "time": at}).json()["data"]["result"]
+    assert [s["metric"]["pod"] for s in through] == ["b-1"]
+    proxy.set_mode("partial", deployment="a-1")  # the default label, deployment, is not "a-1"
+    through = _get(proxy.url, "query", {"query": UP, "time": at}).json()["data"]["result"]
+    assert sorted(s["metric"]["pod"] for s in through) == ["a-1", "b-1"]
+
+
 def test_slow_delays_past_a_client_timeout_then_ok_answers(proxy: PromProxy) -> None:
     proxy.set_mode("slow", seconds=30)
     with pytest.raises(requests.Timeout):
@@ -154,6 +167,13 @@ def test_bad_modes_are_rejected(proxy: PromProxy) -> None:
         proxy.set_mode("slow")
     with pytest.raises(ValueError, match=r"^mode 'ok' takes no parameters, got \['seconds'\]$"):
         proxy.set_mode("ok", seconds=1)
+    with pytest.raises(
+        ValueError,
+        match=r"^mode 'partial' takes deployment \(optional: label\), got \['label'\]$",
+    ):
+        proxy.set_mode("partial", label="app")
+    with pytest.raises(ValueError, match=r"^mode 'partial': label must not be empty$"):
+        proxy.set_mode("partial", deployment="a", label="")
     assert proxy.mode.name == "ok"
 
 
