@@ -36,6 +36,8 @@ from aegisops.policy import (
     Memory,
     PolicyState,
     decide,
+    dry_run_memory,
+    dry_run_state,
     memory_from_annotations,
     unapplied,
 )
@@ -230,8 +232,8 @@ class Actor:
                 return held
             if self.dry_run(w):  # the cooldown holds in this process; nothing else changed
                 self.caps.count(now=now)
-                w.memory = replace(decision.memory, replicas_set=None)
-                decision = replace(decision, state=replace(decision.state, verify=None))
+                w.memory = dry_run_memory(decision)
+                decision = replace(decision, state=dry_run_state(decision))
                 self._action_done(w, obs=obs, decision=decision, result="dry_run", dry=True)
                 return decision
             err = self.applier.apply(

@@ -181,7 +181,7 @@ def serve(config: Config, *, env: Mapping[str, str], once: bool, stop: threading
     )
     try:
         metrics.set_ready(True)  # followers are ready too: they take over within a lease
-        elector.step(time.time())  # the first pass knows whether it leads
+        elector.step()  # the first pass knows whether it leads
         if once:
             now = time.time()
             engine.train_from_history(now=now)

@@ -269,6 +269,7 @@ def test_a_hand_edit_releases_the_record_and_alerts_hands_off(
         **dict.fromkeys(ANNOTATION_KEYS),
         LAST_ACTION: "release 2->3 (set by someone else)",
         LAST_ACTION_AT: format_time(T0 + 1),
+        "aegisops.dev/hands-off": format_time(T0 + 1),  # no scaling until calm after it
         COOLDOWN_UNTIL: format_time(T0 + 301),
     }
     [alert] = [t for t in r.notifier.texts() if "by hand" in t]
