@@ -24,6 +24,7 @@ import yaml
 from aegisops.cli import fallback_server, main
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import free_port, spawn, stop_process, tail, wait_until
+from sandbox.slack import SlackReceiver
 
 AEGISOPS = str(Path(sys.executable).with_name("aegisops"))
 RBAC = Path(__file__).resolve().parents[2] / "kubernetes" / "rbac.yaml"
@@ -339,3 +340,31 @@ def test_with_json_logs_a_bad_config_is_one_json_line(tmp_path: Path) -> None:
     record = json.loads(line)
     assert record["level"] == "ERROR"
     assert record["msg"] == (f"invalid config {path}: dry_run: expected true or false, got 'maybe'")
+
+
+def test_alerts_reach_slack_through_the_outbox_and_sigterm_still_exits_0(
+    tmp_path: Path, api: KubeAPIServer
+) -> None:
+    kubeconfig = api.write_kubeconfig(tmp_path / "engine.kubeconfig", token=TOKEN)
+    kube = {"mode": "kubeconfig", "kubeconfig": str(kubeconfig)}
+    path = write_config(
+        tmp_path / "config.yaml", kubernetes=kube, alerts={"missing_after_passes": 2}
+    )
+    log = tmp_path / "engine.log"
+    with SlackReceiver() as slack:
+        env = {**base_env(), "SLACK_WEBHOOK_URL": slack.url}
+        proc = spawn(argv=[AEGISOPS, "run", "--config", str(path)], log_path=log, env=env)
+        try:
+            wait_until(lambda: slack.messages(), timeout=20, message="a Slack message")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            stop_process(proc)
+        texts = [m["text"] for m in slack.messages()]
+    assert texts[0] == (
+        "AegisOps: Prometheus is unreachable: Prometheus queries failed 2 passes in a row; "
+        "no decisions meanwhile"
+    )
+    text = log.read_text()
+    assert "(alert prometheus_down)" in text
+    assert "Traceback" not in text
