@@ -60,7 +60,10 @@ def engine_config(world: World, *, prometheus_url: str | None = None) -> dict[st
             "retrain_every_samples": 1000,
             "max_training_samples": 1000,
         },
-        "policy": {"consecutive_anomalies": 4, "cooldown_seconds": 600},
+        # verify_passes 60: the surge test's load saturates even 2 replicas, so a scale-up
+        # would be judged "not helping" after the default 5 passes; verification, give_up and
+        # rollback are covered in tests/engine/test_act.py
+        "policy": {"consecutive_anomalies": 4, "cooldown_seconds": 600, "verify_passes": 60},
         "targets": [
             {
                 "namespace": NAMESPACE,

@@ -19,6 +19,7 @@ from e2e_engine import (
     engine_requests,
 )
 
+from aegisops.policy import ANNOTATION_KEYS
 from sampleapp.profiles import Steady
 from sandbox.prometheus import PrometheusServer
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World
@@ -64,10 +65,11 @@ def test_quiet_run_with_normal_noisy_traffic_takes_no_action(
     # Alerts for anomalies scaling cannot fix are allowed; an action message is not.
     texts = [m["text"] for m in world.slack.messages()]
     assert [t for t in texts if not t.startswith(f"AegisOps: Anomaly on {WORKLOAD}")] == []
-    # Memory is read once, when the workload is first seen: no API call per pass.
-    assert [(e.verb, e.resource, e.subresource) for e in engine_requests(world)] == [
-        ("get", "deployments", None)
-    ]
+    # Memory is read once, when the workload is first seen: no API call per pass (besides
+    # leader election's Lease, created once by the first engine, then renewed).
+    requests = [(e.verb, e.resource, e.subresource) for e in engine_requests(world)]
+    assert [r for r in requests if r[1] != "leases"] == [("get", "deployments", None)]
+    assert ("create", "leases", None) in requests and ("update", "leases", None) in requests
     assert world.replicas() == 1
     assert engine.lines(r"stopping after \d+ passes")
 
@@ -77,6 +79,7 @@ def test_surge_scales_once_then_cooldown_holds_across_a_restart(
 ) -> None:
     world.api.clear_requests()
     world.slack.clear()
+    world.api.delete("leases", NAMESPACE, "aegisops-engine")  # created again: every rule used
     first = start_engine(world, engines, tmp_path, "first")
     first.wait_lines(DECISION, count=3, timeout=40)
 
@@ -94,12 +97,8 @@ def test_surge_scales_once_then_cooldown_holds_across_a_restart(
     notes = annotate.body["metadata"]["annotations"]
     assert notes["aegisops.dev/last-action"] == "scale_up 1->2"
     assert notes["aegisops.dev/original-replicas"] == "1"
-    assert set(notes) == {
-        "aegisops.dev/last-action",
-        "aegisops.dev/last-action-at",
-        "aegisops.dev/cooldown-until",
-        "aegisops.dev/original-replicas",
-    }
+    assert notes["aegisops.dev/replicas-set"] == "2"
+    assert set(notes) == set(ANNOTATION_KEYS)  # ours not set are cleared (null)
     assert annotate.body["metadata"]["resourceVersion"]
     world.wait_for(lambda: world.replicas() == 2, timeout=30, message="2 live replicas")
 
