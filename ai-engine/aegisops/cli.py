@@ -31,7 +31,8 @@ from aegisops.kube import KubeClient, KubeError
 from aegisops.leader import LeaderElector, LeaderParams, resolve_params
 from aegisops.logs import setup_logging, utc_timestamp
 from aegisops.loop import Engine
-from aegisops.notify import Outbox, SlackNotifier
+from aegisops.notify import SlackNotifier
+from aegisops.outbox import Outbox
 from aegisops.policy import Limits
 from aegisops.prometheus import PrometheusSource
 from aegisops.selfmetrics import HealthServer, SelfMetrics, stale_after

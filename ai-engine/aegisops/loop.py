@@ -51,7 +51,7 @@ class Leadership(Protocol):
 
 
 class Notifier(Protocol):
-    """`notify.Outbox` (or a `SlackNotifier`): `send` never blocks the pass for long."""
+    """`outbox.Outbox` (or a `SlackNotifier`): `send` never blocks the pass for long."""
 
     def send(self, payload: Any) -> Any: ...
 
