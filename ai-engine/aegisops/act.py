@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from aegisops.apply import WRITES, Applier, on, result_of
+from aegisops.apply import WRITES, Applier, OutcomeUnknown, on, result_of
 from aegisops.detector import Observation, WorkloadDetector
 from aegisops.guard import ActionCaps, InBackoff, KubeBackoff, Throttle
 from aegisops.kube import (
@@ -247,6 +247,8 @@ class Actor:
                 self.caps.count(now=now)
                 self._action_done(w, obs=obs, decision=decision, result="applied", dry=False)
                 return decision
+            if isinstance(err, OutcomeUnknown):
+                return self._unknown(w, decision=decision, err=err, now=now)
             self._failed(w, decision=decision, err=err, now=now)
             if not isinstance(err, Conflict) or attempt == 2:
                 return unapplied(decision, result_of(err))
@@ -288,6 +290,21 @@ class Actor:
         if self.caps.alerts.allow("action_cap", now=now):
             self.on_alert(w, "action_cap", f"{_what(decision)} held back: {why}")
         return unapplied(decision, why)
+
+    def _unknown(
+        self, w: Workload, *, decision: Decision, err: OutcomeUnknown, now: float
+    ) -> Decision:
+        """The action's write may have happened: its record stays and it counts toward the
+        caps (the safe side: no second action); the next fresh read shows what happened."""
+        self.caps.count(now=now)
+        log.error(
+            "%s: %s; keeping the record, so it is not done twice",
+            _what(decision),
+            err,
+            extra=on(w.target.key, action=decision.action, result="unknown"),
+        )
+        self._count_action(w, action=decision.action, result="unknown")
+        return replace(decision, reason=f"{decision.reason} (outcome unknown)")
 
     def _failed(self, w: Workload, *, decision: Decision, err: KubeError, now: float) -> None:
         result = result_of(err)

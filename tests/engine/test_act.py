@@ -23,7 +23,7 @@ from engine_fakes import (
 )
 
 from aegisops.guard import ActionCaps
-from aegisops.kube import Forbidden, KubeUnavailable, NotFound
+from aegisops.kube import Forbidden, KubeUnavailable, NotFound, ScaleInfo
 from aegisops.policy import (
     ANNOTATION_KEYS,
     COOLDOWN_UNTIL,
@@ -353,3 +353,100 @@ def test_a_memory_leak_restarts_the_pods_when_enabled() -> None:
     assert [n for n, _ in patches(r.kube)] == ["patch_annotations", "restart"]
     assert patches(r.kube)[1][1] == format_time(T0 + 3)
     assert r.kube.annotations[LAST_ACTION] == "restart"
+
+
+# -- an action write that failed without a refusal may have happened: read it back -------
+
+LOST = "the answer was lost: ReadTimeoutError"
+ACTION = {"namespace": "shop", "deployment": "web"}
+
+
+def test_a_timed_out_scale_that_took_effect_counts_as_applied(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "max_actions_per_hour": 1}
+    kube = FakeKube(fail_after={"patch_scale": KubeUnavailable(LOST)})
+    r = rig(config=make_config(policy=policy), kube=kube)
+    r.source.surge_from = T0
+    results = r.passes(10, start=T0 + 1)
+    assert [p.actions for p in results][:4] == [0, 0, 1, 0]
+    assert r.kube.names()[4:7] == ["patch_annotations", "patch_scale", "get_scale"]  # read back
+    assert writes(r.kube) == ["patch_annotations", "patch_scale"]  # the record stays
+    assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2" and r.kube.replicas == 2
+    assert f"scale_up answered {LOST}, but the read-back shows it took effect: applied" in (
+        caplog.text
+    )
+    assert r.notifier.texts()[1].startswith("AegisOps: shop/web: scaled up 1 -> 2 replicas (")
+    labels = {**ACTION, "action": "scale_up", "result": "applied"}
+    assert metric(r, "aegisops_actions_total", labels) == 1
+    assert r.engine.caps.full(now=T0 + 11) == "max_actions_per_hour (1) reached in the last hour"
+
+
+class UnreadableAfterScale(FakeKube):
+    """The scale PATCH times out, and so does every read of the Scale after it."""
+
+    def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
+        if "patch_scale" in self.names():
+            self._call("get_scale")
+            raise KubeUnavailable("get deployments/scale shop/web: ReadTimeoutError")
+        return super().get_scale(namespace=namespace, name=name)
+
+
+def test_a_timed_out_scale_that_cannot_be_read_back_keeps_its_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig(kube=UnreadableAfterScale(fail_after={"patch_scale": KubeUnavailable(LOST)}))
+    r.source.surge_from = T0
+    r.passes(10, start=T0 + 1)
+    assert writes(r.kube) == ["patch_annotations", "patch_scale"]  # never a second scale
+    assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
+    assert (
+        f"scale_up 1->2: {LOST}; cannot read it back: the outcome is unknown; keeping the "
+        "record, so it is not done twice" in caplog.text
+    )
+    labels = {**ACTION, "action": "scale_up", "result": "unknown"}
+    assert metric(r, "aegisops_actions_total", labels) == 1
+
+
+def test_a_timed_out_restart_that_took_effect_is_not_done_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "restart_on_memory_leak": True}
+    r = rig(
+        config=make_config(policy=policy),
+        kube=FakeKube(fail_after={"restart": KubeUnavailable(LOST)}),
+    )
+    r.source.surge, r.source.surge_from = (10.0, 0.05, 60e6), T0
+    r.passes(20, start=T0 + 1)
+    assert patches(r.kube) == [
+        ("patch_annotations", patches(r.kube)[0][1]),
+        ("restart", format_time(T0 + 3)),
+    ]
+    assert r.kube.names()[6] == "get_deployment"  # the read-back of the template
+    assert r.kube.annotations[LAST_ACTION] == "restart"
+    assert "restart answered" in caplog.text and "took effect: applied" in caplog.text
+    assert any(t.startswith("AegisOps: shop/web: restarted") for t in r.notifier.texts())
+
+
+def test_a_timed_out_hpa_raise_that_took_effect_is_recorded_and_restored_later() -> None:
+    policy = {
+        "consecutive_anomalies": 3,
+        "cooldown_seconds": 10,
+        "hpa_mode": "raise_min",
+        "scale_down_after_seconds": 5,
+    }
+    kube = FakeKube(hpa_names={"web"}, fail_after={"patch_hpa_min": KubeUnavailable(LOST)})
+    r = rig(config=make_config(policy=policy), kube=kube)
+    r.source.surge_from = T0
+    r.passes(5, start=T0 + 1)
+    assert r.kube.annotations["aegisops.dev/hpa-original-min"] == "1"  # the record stays
+    r.source.surge_from = float("inf")
+    r.passes(40, start=T0 + 6)
+    assert [a for n, a in patches(r.kube) if n == "patch_hpa_min"] == [
+        ("web-hpa", 2),  # timed out, but it took effect
+        ("web-hpa", 1),  # restored once calm
+    ]
+    assert r.kube.hpa_min == 1

@@ -422,6 +422,7 @@ def test_a_409_on_the_undo_is_retried_with_the_fresh_version(
         "get_scale",
         "patch_annotations",  # T0+3: record the action
         "patch_scale",  # ... fails while the version moves
+        "get_scale",  # read back: still 1 replica, the scale did not happen
         "patch_annotations",  # undo: 409, stale version
         "get_deployment",  # re-read: our record, still 1 replica
         "get_scale",
@@ -447,10 +448,11 @@ def test_when_the_failed_scale_took_effect_after_all_the_record_stays(
     r = rig(kube=kube)
     r.source.surge_from = T0
     r.passes(5, start=T0 + 1)
-    assert r.kube.names().count("patch_annotations") == 2  # record, one undo attempt (409)
+    assert r.kube.names().count("patch_annotations") == 1  # the record; read back, no undo
     assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
     assert r.kube.replicas == 2
-    assert "replicas are 2 now (not 1): the scale took effect after all" in caplog.text
+    took = "the read-back shows it took effect: applied"
+    assert f"scale_up answered patch deployments/scale: 503, but {took}" in caplog.text
     assert "cooldown until" in decisions(caplog)[-1]
 
 
