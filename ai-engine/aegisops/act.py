@@ -67,6 +67,24 @@ class Workload:
     paused: bool = False  # aegisops.dev/paused, as of the last read
     dry_run_annotation: bool = False  # aegisops.dev/dry-run, as of the last read
     gone_until: float | None = None  # 404: dropped from the passes until this recheck time
+    dry_memory: Memory | None = None  # the last dry-run action's cooldown (never written)
+
+    def known(self) -> Memory:
+        """What the policy decides from: the cluster's record, with the dry-run cooldown and
+        hands-off merged in (the later one wins), so a fresh read cannot forget them."""
+        memory, dry = self.memory or Memory(), self.dry_memory
+        if dry is None:
+            return memory
+        if (dry.cooldown_until or 0) > (memory.cooldown_until or 0):
+            memory = replace(
+                memory,
+                cooldown_until=dry.cooldown_until,
+                last_action=dry.last_action,
+                last_action_at=dry.last_action_at,
+            )
+        if (dry.hands_off or 0) > (memory.hands_off or 0):
+            memory = replace(memory, hands_off=dry.hands_off)
+        return memory
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,8 @@ class Actor:
         w.memory, w.replicas, w.read_at = memory, replicas, now
         w.paused = deployment.annotations.get(PAUSED, "").strip().lower() == "true"
         w.dry_run_annotation = deployment.annotations.get(DRY_RUN, "").strip().lower() == "true"
+        if not self.dry_run(w):
+            w.dry_memory = None  # acting for real now: only the cluster's record counts
         return memory
 
     def _read(self, w: Workload, *, now: float) -> _Fresh | None:
@@ -231,8 +251,7 @@ class Actor:
             if held is not None:
                 return held
             if self.dry_run(w):  # the cooldown holds in this process; nothing else changed
-                self.caps.count(now=now)
-                w.memory = dry_run_memory(decision)
+                w.dry_memory = dry_run_memory(decision)  # not a real action: caps not counted
                 decision = replace(decision, state=dry_run_state(decision))
                 self._action_done(w, obs=obs, decision=decision, result="dry_run", dry=True)
                 return decision
@@ -269,7 +288,7 @@ class Actor:
             observation=obs,
             now=now,
             replicas=fresh.scale.replicas,
-            memory=w.memory or Memory(),
+            memory=w.known(),
             limits=w.target.limits,
             params=self.config.policy,
             hpa=view,

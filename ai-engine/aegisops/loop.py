@@ -292,7 +292,7 @@ class Engine:
             observation=obs,
             now=now,
             replicas=w.replicas if w.replicas is not None else w.target.min_replicas,
-            memory=w.memory or Memory(),
+            memory=w.known(),
             limits=w.target.limits,
             params=self.config.policy,
             hpa_managed=hpa_managed,

@@ -450,3 +450,20 @@ def test_a_timed_out_hpa_raise_that_took_effect_is_recorded_and_restored_later()
         ("web-hpa", 1),  # restored once calm
     ]
     assert r.kube.hpa_min == 1
+
+
+def test_dry_run_proposes_once_per_cooldown_across_re_reads_and_spares_the_caps() -> None:
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 20, "max_actions_per_hour": 1}
+    r = rig(config=make_config(dry_run=True, policy=policy))
+    r.source.surge_from = T0
+    results = r.passes(50, start=T0 + 1)
+    # re-read every reread_seconds (2 s) meanwhile; the cluster has no record of a dry run
+    assert r.kube.names().count("get_deployment") == 25 and writes(r.kube) == []
+    assert [n + 1 for n, p in enumerate(results) if p.actions] == [3, 23, 43]
+    would = [t for t in r.notifier.texts() if "would have" in t]
+    assert [t.split(" (")[0] for t in would] == [
+        "[DRY-RUN] AegisOps: shop/web: would have scaled up 1 -> 2 replicas"
+    ] * 3
+    assert r.engine.caps.full(now=T0 + 51) is None  # a dry run never uses up the real cap
+    labels = {**ACTION, "action": "scale_up", "result": "dry_run"}
+    assert metric(r, "aegisops_actions_total", labels) == 3
