@@ -112,6 +112,7 @@ class Actor:
         on_alert: Callable[[Workload, str, str], None],
         caps: ActionCaps,
         backoff: KubeBackoff | None = None,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
         self.kube = kube
@@ -119,6 +120,7 @@ class Actor:
         self.on_done = on_done
         self.on_alert = on_alert
         self.caps = caps
+        self.leading = leading  # asked again right before acting: the lease can go mid-pass
         self.backoff = backoff or KubeBackoff()
         self.forbidden = Throttle()
         self.errors = 0  # failed Kubernetes calls; the loop reads and resets it per pass
@@ -238,6 +240,8 @@ class Actor:
         once, in this pass (never a blind retry).
         """
         for attempt in (1, 2):
+            if not self._still_leading(w):
+                return unapplied(first, "standby, not the leader")
             fresh = self._read(w, now=now)
             if fresh is None:
                 if first.action not in ACTIONS:
@@ -255,6 +259,8 @@ class Actor:
                 decision = replace(decision, state=dry_run_state(decision))
                 self._action_done(w, obs=obs, decision=decision, result="dry_run", dry=True)
                 return decision
+            if not self._still_leading(w):
+                return unapplied(decision, "standby, not the leader")
             err = self.applier.apply(
                 w,
                 now=now,
@@ -273,6 +279,12 @@ class Actor:
                 return unapplied(decision, result_of(err))
             log.info("re-reading and deciding again after the conflict", extra=on(w.target.key))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _still_leading(self, w: Workload) -> bool:
+        if self.leading():
+            return True
+        log.warning("lost the lease during the pass: not acting", extra=on(w.target.key))
+        return False
 
     def _decide(
         self, w: Workload, fresh: _Fresh, *, state: PolicyState, obs: Observation, now: float

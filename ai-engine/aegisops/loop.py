@@ -113,9 +113,14 @@ class Engine:
             on_alert=self._actor_alert,
             caps=self.caps,
             backoff=KubeBackoff(),
+            leading=self._still_leading,
         )
         self.report = Reporter(
-            notifier=notifier, metrics=metrics, dry_run=self.actor.dry_run, actions=ACTIONS
+            notifier=notifier,
+            metrics=metrics,
+            dry_run=self.actor.dry_run,
+            actions=ACTIONS,
+            still_leading=self._still_leading,
         )
         self.discovery = None
         if config.discovery.enabled:
@@ -228,6 +233,11 @@ class Engine:
             self.missing.forget(key)
             log.warning("no longer matches discovery.label_selector: dropped", extra=_on(key))
         self.source.targets = tuple(self.workloads)
+
+    def _still_leading(self) -> bool:
+        """Asked again right before each write and Slack message: the lease may be lost
+        while a pass runs (a slow query), and a lost lease means no write, no message."""
+        return self.leader is None or self.leader.is_leader()
 
     def _lead(self, now: float) -> None:
         """Whether this pass acts; on becoming leader every cached Deployment fact is dropped."""

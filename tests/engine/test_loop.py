@@ -666,3 +666,47 @@ def test_discovery_is_the_leaders_job() -> None:
     r = rig(kube=kube, config=make_config(discovery=discovery), leader=FakeLeader(leader=False))
     r.passes(3, start=T0 + 1)
     assert kube.calls == []
+
+
+class LeaseLostOnRead(FakeKube):
+    """The lease expires while the fresh Scale is read (a slow call), just before the write."""
+
+    leader: FakeLeader | None = None
+
+    def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
+        scale = super().get_scale(namespace=namespace, name=name)
+        if self.leader is not None and self.names().count("get_scale") == 1:
+            self.leader.leader = False
+        return scale
+
+
+def test_a_lease_lost_right_before_the_write_means_no_write_and_no_slack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    leader, kube = FakeLeader(leader=True), LeaseLostOnRead()
+    kube.leader = leader
+    r = rig(leader=leader, kube=kube)
+    r.source.surge_from = T0
+    r.passes(3, start=T0 + 1)  # the action pass: the lease goes during the fresh read
+    assert r.kube.names() == ["get_deployment", "hpas", "get_deployment", "get_scale"]
+    [anomaly] = r.notifier.texts()  # sent while it still led; no action message after
+    assert anomaly.startswith("AegisOps: Anomaly on shop/web: score ")
+    assert "lost the lease during the pass: not acting" in caplog.text
+    assert decisions(caplog)[-1].endswith("(not applied: standby, not the leader)")
+
+
+def test_a_lease_lost_during_the_query_means_no_call_and_no_slack() -> None:
+    leader = FakeLeader(leader=True)
+    r = rig(leader=leader)
+    r.source.surge_from = T0
+    r.passes(2, start=T0 + 1)
+    sample = r.source.sample
+
+    def slow_sample(now: float) -> Sample:  # the lease runs out while Prometheus answers
+        leader.leader = False
+        return sample(now)
+
+    r.source.sample = slow_sample  # type: ignore[method-assign]
+    r.passes(1, start=T0 + 3)
+    assert r.kube.names() == ["get_deployment"] and r.notifier.sent == []
