@@ -38,6 +38,7 @@ from aegisops.policy import (
     decide,
     dry_run_memory,
     dry_run_state,
+    format_time,
     memory_from_annotations,
     unapplied,
 )
@@ -67,6 +68,7 @@ class Workload:
     paused: bool = False  # aegisops.dev/paused, as of the last read
     dry_run_annotation: bool = False  # aegisops.dev/dry-run, as of the last read
     gone_until: float | None = None  # 404: dropped from the passes until this recheck time
+    forbidden_until: float | None = None  # 403: no action attempt until then (the hold)
     dry_memory: Memory | None = None  # the last dry-run action's cooldown (never written)
 
     def known(self) -> Memory:
@@ -217,11 +219,16 @@ class Actor:
         )
 
     def _forbidden(self, w: Workload, err: Forbidden, *, now: float) -> None:
+        """A 403: named once, then no action attempt on `w` for the throttle period (the
+        hold), so a missing permission costs no API call per pass."""
         permission = err.permission or str(err)
+        w.forbidden_until = now + self.forbidden.period
         log.error(
-            "forbidden: the engine may not %s (grant it in its Role; %s)",
+            "forbidden: the engine may not %s (grant it in its Role; %s); no action attempt "
+            "on this workload until %s",
             permission,
             err,
+            format_time(w.forbidden_until),
             extra=on(w.target.key, permission=permission),
         )
         self._kube_error(w, err)
@@ -240,8 +247,9 @@ class Actor:
         once, in this pass (never a blind retry).
         """
         for attempt in (1, 2):
-            if not self._still_leading(w):
-                return unapplied(first, "standby, not the leader")
+            held = self._held_before_reading(w, first=first, now=now)
+            if held is not None:
+                return held
             fresh = self._read(w, now=now)
             if fresh is None:
                 if first.action not in ACTIONS:
@@ -308,15 +316,32 @@ class Actor:
             paused=w.paused,
         )
 
+    def _held_before_reading(self, w: Workload, *, first: Decision, now: float) -> Decision | None:
+        """Held back without a read: the lease is gone, a 403 hold runs, or the caps are full
+        (no API call per pass while nothing can be done), else None to go on and read."""
+        if not self._still_leading(w):
+            return unapplied(first, "standby, not the leader")
+        if w.forbidden_until is not None:
+            if now < w.forbidden_until:
+                return unapplied(first, f"forbidden, held until {format_time(w.forbidden_until)}")
+            w.forbidden_until = None
+        if self.caps.full(now=now) is None:
+            return None
+        if first.action not in ACTIONS:
+            return first  # a re-read could only lead to an action the caps hold back
+        return self._capped(w, decision=first, now=now)
+
     def _held(self, w: Workload, *, decision: Decision, now: float) -> Decision | None:
         """The decision held back by a brake (paused, action caps), or None to go ahead."""
-        key = w.target.key
         if w.paused:
-            log.info("paused (%s): not acting", PAUSED, extra=on(key))
+            log.info("paused (%s): not acting", PAUSED, extra=on(w.target.key))
             return unapplied(decision, f"paused by {PAUSED}")
-        why = self.caps.full(now=now)
-        if why is None:
+        if self.caps.full(now=now) is None:
             return None
+        return self._capped(w, decision=decision, now=now)
+
+    def _capped(self, w: Workload, *, decision: Decision, now: float) -> Decision:
+        key, why = w.target.key, self.caps.full(now=now) or ""
         log.warning("held back: %s %s", _what(decision), why, extra=on(key, action="held"))
         if self.caps.alerts.allow("action_cap", now=now):
             self.on_alert(w, "action_cap", f"{_what(decision)} held back: {why}")

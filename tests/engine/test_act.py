@@ -105,19 +105,21 @@ def test_forbidden_names_the_permission_and_alerts_once_per_hour(
     r.source.surge_from = T0
     r.passes(3, start=T0 + 1)
     r.kube.fail["patch_annotations"] = Forbidden(denied, permission=permission)
-    r.engine.workloads[KEY].read_at = float("-inf")  # the next pass re-reads at once
+    r.engine.workloads[KEY].read_at = float("-inf")  # the next pass would re-read at once
     r.engine.workloads[KEY].memory = None
+    calls = len(r.kube.calls)
     r.passes(2, start=T0 + 4)
+    assert r.kube.names()[calls:] == ["get_deployment"]  # held: no action attempt
     assert (
-        f"forbidden: the engine may not {permission} (grant it in its Role; {denied})"
-        in caplog.text
+        f"forbidden: the engine may not {permission} (grant it in its Role; {denied}); no "
+        f"action attempt on this workload until {format_time(T0 + 3 + 3600)}" in caplog.text
     )
     alerts = [t for t in r.notifier.texts() if "not allowed" in t]
     assert alerts == [
         f"AegisOps: AegisOps is not allowed to act on shop/web: the engine may not {permission}"
     ]
     labels = {"namespace": "shop", "deployment": "web", "action": "scale_up"}
-    assert metric(r, "aegisops_actions_total", {**labels, "result": "forbidden"}) == 2
+    assert metric(r, "aegisops_actions_total", {**labels, "result": "forbidden"}) == 1
 
 
 def test_a_gone_deployment_is_dropped_and_rechecked_with_one_get(
@@ -467,3 +469,49 @@ def test_dry_run_proposes_once_per_cooldown_across_re_reads_and_spares_the_caps(
     assert r.engine.caps.full(now=T0 + 51) is None  # a dry run never uses up the real cap
     labels = {**ACTION, "action": "scale_up", "result": "dry_run"}
     assert metric(r, "aegisops_actions_total", labels) == 3
+
+
+class NoScalePermission(FakeKube):
+    """The Role lacks `patch deployments/scale`: every scale PATCH is refused."""
+
+    def patch_scale(self, *, namespace: str, name: str, replicas: int) -> ScaleInfo:
+        self._call("patch_scale", replicas)
+        permission = "patch deployments/scale in apps, namespace shop"
+        raise Forbidden("patch deployments/scale shop/web: 403", permission=permission)
+
+
+def test_a_403_on_the_action_holds_the_workload_without_calls_until_the_hold_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig(kube=NoScalePermission())
+    r.source.surge_from = T0
+    r.passes(60, start=T0 + 1)
+    assert r.kube.names() == [
+        "get_deployment",
+        *READ,
+        "patch_annotations",  # T0+3: the record
+        "patch_scale",  # ... refused
+        "patch_annotations",  # ... so the record is put back; then the hold: no call
+    ]
+    assert caplog.text.count("may not patch deployments/scale in apps, namespace shop") == 1
+    assert sum("not allowed" in t for t in r.notifier.texts()) == 1
+    calls = len(r.kube.calls)
+    r.passes(1, start=T0 + 3 + 3600)  # the hold is over: one attempt again
+    assert r.kube.names()[calls:] == [
+        *READ,
+        "patch_annotations",
+        "patch_scale",
+        "patch_annotations",
+    ]
+
+
+def test_with_the_cap_reached_a_held_back_workload_costs_no_call() -> None:
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "max_actions_per_hour": 1}
+    r = rig(config=make_config(policy=policy))
+    r.engine.caps.count(now=T0)  # one action already this hour
+    r.source.surge_from = T0
+    r.passes(60, start=T0 + 1)
+    assert r.kube.names() == ["get_deployment"]  # the first read only
+    [held] = [t for t in r.notifier.texts() if "cap" in t]
+    assert held.startswith("AegisOps: Action cap reached — no action on shop/web: scale_up 1->2 ")
