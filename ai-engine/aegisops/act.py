@@ -282,10 +282,16 @@ class Actor:
                 return decision
             if isinstance(err, OutcomeUnknown):
                 return self._unknown(w, decision=decision, err=err, now=now)
+            if isinstance(err, Conflict) and attempt == 1:  # not an error unless it repeats
+                log.info(
+                    "%s: record changed meanwhile (%s); re-reading and deciding again",
+                    _what(decision),
+                    err,
+                    extra=on(w.target.key),
+                )
+                continue
             self._failed(w, decision=decision, err=err, now=now)
-            if not isinstance(err, Conflict) or attempt == 2:
-                return unapplied(decision, result_of(err))
-            log.info("re-reading and deciding again after the conflict", extra=on(w.target.key))
+            return unapplied(decision, result_of(err))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _still_leading(self, w: Workload) -> bool:
