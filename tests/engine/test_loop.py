@@ -648,10 +648,14 @@ def test_discovery_adds_opted_in_deployments_and_drops_those_losing_the_label(
     api = r.engine.workloads["shop/api"].target
     assert (api.min_replicas, api.max_replicas, api.scale_step) == (2, 6, 1)
     assert r.engine.workloads[KEY].target.max_replicas == 4  # from the config
-    assert decisions(caplog, "shop/api")[:2] == [
+    assert decisions(caplog, "shop/api")[:3] == [
         "annotation aegisops.dev/scale-step: 'two' is not a valid count; using 1",
-        "discovered: joins the passes (replicas 2..6, step 1), learning live",
+        "discovered: joins the passes (replicas 2..6, step 1)",
+        "trained from history: 50 of 50 points usable, ready (baseline 40 samples)",
     ]
+    assert r.source.calls[:3] == ["history", "history", "sample"]  # at start; when it joins
+    assert r.engine.workloads["shop/api"].detector.ready
+    assert sum("trained" in m for m in decisions(caplog)) == 1  # web: at start, not again
     r.passes(9, start=T0 + 2)  # listed again only every 10 s
     lists = [call for name, call in kube.calls if call.startswith("list_deployments")]
     assert lists == ["list_deployments shop aegisops.dev/enabled=true"]
@@ -666,9 +670,20 @@ def test_discovery_adds_opted_in_deployments_and_drops_those_losing_the_label(
 def test_discovery_is_the_leaders_job() -> None:
     discovery = {"label_selector": "aegisops.dev/enabled=true", "namespaces": ["shop"]}
     kube = MultiKube(("web", "api"))
-    r = rig(kube=kube, config=make_config(discovery=discovery), leader=FakeLeader(leader=False))
-    r.passes(3, start=T0 + 1)
-    assert kube.calls == []
+    leader = FakeLeader(leader=True)
+    kube.kubes["api"].labels = {"aegisops.dev/enabled": "true"}
+    r = rig(kube=kube, config=make_config(discovery=discovery), leader=leader)
+    r.passes(1, start=T0 + 1)
+    leader.leader = False
+    kube.calls.clear()
+    kube.kubes["db"] = FakeKube(labels={"aegisops.dev/enabled": "true"})
+    r.passes(3, start=T0 + 2)
+    assert kube.calls == []  # a follower: not even a list
+    leader.leader = True
+    r.passes(1, start=T0 + 5)  # a new leader discovers at once (not 60 s later)
+    assert kube.calls[0] == ("*", "list_deployments shop aegisops.dev/enabled=true")
+    assert list(r.engine.workloads) == [KEY, "shop/api", "shop/db"]
+    assert r.engine.workloads["shop/db"].detector.ready  # trained from history at once
 
 
 class LeaseLostOnRead(FakeKube):
