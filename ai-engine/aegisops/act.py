@@ -4,9 +4,11 @@
 `Memory`, its replicas, paused/dry-run annotations), read when the workload is first seen.
 `Actor.act` re-reads the cluster (HPAs, Deployment, Scale), decides again on those fresh
 facts from the same prior state, and applies through `aegisops.apply`. Faults, per
-docs/safety.md: a 409 on the record re-reads and decides again once in the same pass; a
-403 names the missing permission (one `forbidden` alert per permission per hour); a 404
+docs/safety.md: a 409 on the record re-reads and decides again once in the same pass (an
+error only if it repeats); a 403 names the missing permission once and holds the workload
+for an hour (one `forbidden` alert per permission per hour, no call meanwhile); a 404
 drops the target until a recheck finds it; 429/5xx/timeouts start the engine-wide backoff.
+Leadership is asked again right before acting; with the caps full nothing is re-read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from aegisops.apply import WRITES, Applier, OutcomeUnknown, on, result_of
+from aegisops.apply import WRITES, Applier, OutcomeUnknown, on, result_of, what
 from aegisops.detector import Observation, WorkloadDetector
 from aegisops.guard import ActionCaps, InBackoff, KubeBackoff, Throttle
 from aegisops.kube import (
@@ -273,7 +275,7 @@ class Actor:
                 w,
                 now=now,
                 decision=decision,
-                before=_memory(fresh.deployment),
+                before=memory_from_annotations(fresh.deployment.annotations)[0],
                 resource_version=fresh.deployment.resource_version,
             )
             if err is None:
@@ -285,7 +287,7 @@ class Actor:
             if isinstance(err, Conflict) and attempt == 1:  # not an error unless it repeats
                 log.info(
                     "%s: record changed meanwhile (%s); re-reading and deciding again",
-                    _what(decision),
+                    what(decision),
                     err,
                     extra=on(w.target.key),
                 )
@@ -348,9 +350,9 @@ class Actor:
 
     def _capped(self, w: Workload, *, decision: Decision, now: float) -> Decision:
         key, why = w.target.key, self.caps.full(now=now) or ""
-        log.warning("held back: %s %s", _what(decision), why, extra=on(key, action="held"))
+        log.warning("held back: %s %s", what(decision), why, extra=on(key, action="held"))
         if self.caps.alerts.allow("action_cap", now=now):
-            self.on_alert(w, "action_cap", f"{_what(decision)} held back: {why}")
+            self.on_alert(w, "action_cap", f"{what(decision)} held back: {why}")
         return unapplied(decision, why)
 
     def _unknown(
@@ -361,7 +363,7 @@ class Actor:
         self.caps.count(now=now)
         log.error(
             "%s: %s; keeping the record, so it is not done twice",
-            _what(decision),
+            what(decision),
             err,
             extra=on(w.target.key, action=decision.action, result="unknown"),
         )
@@ -371,11 +373,11 @@ class Actor:
     def _failed(self, w: Workload, *, decision: Decision, err: KubeError, now: float) -> None:
         result = result_of(err)
         if isinstance(err, InBackoff):
-            log.info("%s not applied: %s", _what(decision), err, extra=on(w.target.key))
+            log.info("%s not applied: %s", what(decision), err, extra=on(w.target.key))
             return
         log.error(
             "%s failed (%s): %s",
-            _what(decision),
+            what(decision),
             result,
             err,
             extra=on(w.target.key, action=decision.action, result=result),
@@ -406,14 +408,3 @@ class Actor:
         self.errors += 1
         if self.metrics is not None:
             self.metrics.pass_error(stage="kubernetes")
-
-
-def _memory(deployment: DeploymentInfo) -> Memory:
-    return memory_from_annotations(deployment.annotations)[0]
-
-
-def _what(decision: Decision) -> str:
-    """`scale_up 1->2`, or the bare action name when no replicas change."""
-    if decision.replicas_before != decision.replicas_after:
-        return f"{decision.action} {decision.replicas_before}->{decision.replicas_after}"
-    return decision.action

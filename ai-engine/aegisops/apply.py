@@ -236,6 +236,13 @@ def record_patch(memory: Memory) -> dict[str, str | None]:
     return patch
 
 
+def what(decision: Decision) -> str:
+    """`scale_up 1->2`, or the bare action name when no replicas change."""
+    if decision.replicas_before != decision.replicas_after:
+        return f"{decision.action} {decision.replicas_before}->{decision.replicas_after}"
+    return decision.action
+
+
 def on(key: str, **fields: Any) -> dict[str, Any]:
     """`extra=` for a log record about one workload (text shows it, json gets the fields)."""
     return {"workload": key, **fields}
