@@ -4,9 +4,11 @@
 `Memory`, its replicas, paused/dry-run annotations), read when the workload is first seen.
 `Actor.act` re-reads the cluster (HPAs, Deployment, Scale), decides again on those fresh
 facts from the same prior state, and applies through `aegisops.apply`. Faults, per
-docs/safety.md: a 409 on the record re-reads and decides again once in the same pass; a
-403 names the missing permission (one `forbidden` alert per permission per hour); a 404
+docs/safety.md: a 409 on the record re-reads and decides again once in the same pass (an
+error only if it repeats); a 403 names the missing permission once and holds the workload
+for an hour (one `forbidden` alert per permission per hour, no call meanwhile); a 404
 drops the target until a recheck finds it; 429/5xx/timeouts start the engine-wide backoff.
+Leadership is asked again right before acting; with the caps full nothing is re-read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from aegisops.apply import WRITES, Applier, on, result_of
+from aegisops.apply import WRITES, Applier, OutcomeUnknown, on, result_of, what
 from aegisops.detector import Observation, WorkloadDetector
 from aegisops.guard import ActionCaps, InBackoff, KubeBackoff, Throttle
 from aegisops.kube import (
@@ -38,6 +40,7 @@ from aegisops.policy import (
     decide,
     dry_run_memory,
     dry_run_state,
+    format_time,
     memory_from_annotations,
     unapplied,
 )
@@ -67,6 +70,25 @@ class Workload:
     paused: bool = False  # aegisops.dev/paused, as of the last read
     dry_run_annotation: bool = False  # aegisops.dev/dry-run, as of the last read
     gone_until: float | None = None  # 404: dropped from the passes until this recheck time
+    forbidden_until: float | None = None  # 403: no action attempt until then (the hold)
+    dry_memory: Memory | None = None  # the last dry-run action's cooldown (never written)
+
+    def known(self) -> Memory:
+        """What the policy decides from: the cluster's record, with the dry-run cooldown and
+        hands-off merged in (the later one wins), so a fresh read cannot forget them."""
+        memory, dry = self.memory or Memory(), self.dry_memory
+        if dry is None:
+            return memory
+        if (dry.cooldown_until or 0) > (memory.cooldown_until or 0):
+            memory = replace(
+                memory,
+                cooldown_until=dry.cooldown_until,
+                last_action=dry.last_action,
+                last_action_at=dry.last_action_at,
+            )
+        if (dry.hands_off or 0) > (memory.hands_off or 0):
+            memory = replace(memory, hands_off=dry.hands_off)
+        return memory
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,7 @@ class Actor:
         on_alert: Callable[[Workload, str, str], None],
         caps: ActionCaps,
         backoff: KubeBackoff | None = None,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
         self.kube = kube
@@ -101,6 +124,7 @@ class Actor:
         self.on_done = on_done
         self.on_alert = on_alert
         self.caps = caps
+        self.leading = leading  # asked again right before acting: the lease can go mid-pass
         self.backoff = backoff or KubeBackoff()
         self.forbidden = Throttle()
         self.errors = 0  # failed Kubernetes calls; the loop reads and resets it per pass
@@ -152,6 +176,8 @@ class Actor:
         w.memory, w.replicas, w.read_at = memory, replicas, now
         w.paused = deployment.annotations.get(PAUSED, "").strip().lower() == "true"
         w.dry_run_annotation = deployment.annotations.get(DRY_RUN, "").strip().lower() == "true"
+        if not self.dry_run(w):
+            w.dry_memory = None  # acting for real now: only the cluster's record counts
         return memory
 
     def _read(self, w: Workload, *, now: float) -> _Fresh | None:
@@ -195,11 +221,16 @@ class Actor:
         )
 
     def _forbidden(self, w: Workload, err: Forbidden, *, now: float) -> None:
+        """A 403: named once, then no action attempt on `w` for the throttle period (the
+        hold), so a missing permission costs no API call per pass."""
         permission = err.permission or str(err)
+        w.forbidden_until = now + self.forbidden.period
         log.error(
-            "forbidden: the engine may not %s (grant it in its Role; %s)",
+            "forbidden: the engine may not %s (grant it in its Role; %s); no action attempt "
+            "on this workload until %s",
             permission,
             err,
+            format_time(w.forbidden_until),
             extra=on(w.target.key, permission=permission),
         )
         self._kube_error(w, err)
@@ -218,6 +249,9 @@ class Actor:
         once, in this pass (never a blind retry).
         """
         for attempt in (1, 2):
+            held = self._held_before_reading(w, first=first, now=now)
+            if held is not None:
+                return held
             fresh = self._read(w, now=now)
             if fresh is None:
                 if first.action not in ACTIONS:
@@ -231,27 +265,42 @@ class Actor:
             if held is not None:
                 return held
             if self.dry_run(w):  # the cooldown holds in this process; nothing else changed
-                self.caps.count(now=now)
-                w.memory = dry_run_memory(decision)
+                w.dry_memory = dry_run_memory(decision)  # not a real action: caps not counted
                 decision = replace(decision, state=dry_run_state(decision))
                 self._action_done(w, obs=obs, decision=decision, result="dry_run", dry=True)
                 return decision
+            if not self._still_leading(w):
+                return unapplied(decision, "standby, not the leader")
             err = self.applier.apply(
                 w,
                 now=now,
                 decision=decision,
-                before=_memory(fresh.deployment),
+                before=memory_from_annotations(fresh.deployment.annotations)[0],
                 resource_version=fresh.deployment.resource_version,
             )
             if err is None:
                 self.caps.count(now=now)
                 self._action_done(w, obs=obs, decision=decision, result="applied", dry=False)
                 return decision
+            if isinstance(err, OutcomeUnknown):
+                return self._unknown(w, decision=decision, err=err, now=now)
+            if isinstance(err, Conflict) and attempt == 1:  # not an error unless it repeats
+                log.info(
+                    "%s: record changed meanwhile (%s); re-reading and deciding again",
+                    what(decision),
+                    err,
+                    extra=on(w.target.key),
+                )
+                continue
             self._failed(w, decision=decision, err=err, now=now)
-            if not isinstance(err, Conflict) or attempt == 2:
-                return unapplied(decision, result_of(err))
-            log.info("re-reading and deciding again after the conflict", extra=on(w.target.key))
+            return unapplied(decision, result_of(err))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _still_leading(self, w: Workload) -> bool:
+        if self.leading():
+            return True
+        log.warning("lost the lease during the pass: not acting", extra=on(w.target.key))
+        return False
 
     def _decide(
         self, w: Workload, fresh: _Fresh, *, state: PolicyState, obs: Observation, now: float
@@ -267,7 +316,7 @@ class Actor:
             observation=obs,
             now=now,
             replicas=fresh.scale.replicas,
-            memory=w.memory or Memory(),
+            memory=w.known(),
             limits=w.target.limits,
             params=self.config.policy,
             hpa=view,
@@ -275,28 +324,60 @@ class Actor:
             paused=w.paused,
         )
 
+    def _held_before_reading(self, w: Workload, *, first: Decision, now: float) -> Decision | None:
+        """Held back without a read: the lease is gone, a 403 hold runs, or the caps are full
+        (no API call per pass while nothing can be done), else None to go on and read."""
+        if not self._still_leading(w):
+            return unapplied(first, "standby, not the leader")
+        if w.forbidden_until is not None:
+            if now < w.forbidden_until:
+                return unapplied(first, f"forbidden, held until {format_time(w.forbidden_until)}")
+            w.forbidden_until = None
+        if self.caps.full(now=now) is None:
+            return None
+        if first.action not in ACTIONS:
+            return first  # a re-read could only lead to an action the caps hold back
+        return self._capped(w, decision=first, now=now)
+
     def _held(self, w: Workload, *, decision: Decision, now: float) -> Decision | None:
         """The decision held back by a brake (paused, action caps), or None to go ahead."""
-        key = w.target.key
         if w.paused:
-            log.info("paused (%s): not acting", PAUSED, extra=on(key))
+            log.info("paused (%s): not acting", PAUSED, extra=on(w.target.key))
             return unapplied(decision, f"paused by {PAUSED}")
-        why = self.caps.full(now=now)
-        if why is None:
+        if self.caps.full(now=now) is None:
             return None
-        log.warning("held back: %s %s", _what(decision), why, extra=on(key, action="held"))
+        return self._capped(w, decision=decision, now=now)
+
+    def _capped(self, w: Workload, *, decision: Decision, now: float) -> Decision:
+        key, why = w.target.key, self.caps.full(now=now) or ""
+        log.warning("held back: %s %s", what(decision), why, extra=on(key, action="held"))
         if self.caps.alerts.allow("action_cap", now=now):
-            self.on_alert(w, "action_cap", f"{_what(decision)} held back: {why}")
+            self.on_alert(w, "action_cap", f"{what(decision)} held back: {why}")
         return unapplied(decision, why)
+
+    def _unknown(
+        self, w: Workload, *, decision: Decision, err: OutcomeUnknown, now: float
+    ) -> Decision:
+        """The action's write may have happened: its record stays and it counts toward the
+        caps (the safe side: no second action); the next fresh read shows what happened."""
+        self.caps.count(now=now)
+        log.error(
+            "%s: %s; keeping the record, so it is not done twice",
+            what(decision),
+            err,
+            extra=on(w.target.key, action=decision.action, result="unknown"),
+        )
+        self._count_action(w, action=decision.action, result="unknown")
+        return replace(decision, reason=f"{decision.reason} (outcome unknown)")
 
     def _failed(self, w: Workload, *, decision: Decision, err: KubeError, now: float) -> None:
         result = result_of(err)
         if isinstance(err, InBackoff):
-            log.info("%s not applied: %s", _what(decision), err, extra=on(w.target.key))
+            log.info("%s not applied: %s", what(decision), err, extra=on(w.target.key))
             return
         log.error(
             "%s failed (%s): %s",
-            _what(decision),
+            what(decision),
             result,
             err,
             extra=on(w.target.key, action=decision.action, result=result),
@@ -327,14 +408,3 @@ class Actor:
         self.errors += 1
         if self.metrics is not None:
             self.metrics.pass_error(stage="kubernetes")
-
-
-def _memory(deployment: DeploymentInfo) -> Memory:
-    return memory_from_annotations(deployment.annotations)[0]
-
-
-def _what(decision: Decision) -> str:
-    """`scale_up 1->2`, or the bare action name when no replicas change."""
-    if decision.replicas_before != decision.replicas_after:
-        return f"{decision.action} {decision.replicas_before}->{decision.replicas_after}"
-    return decision.action

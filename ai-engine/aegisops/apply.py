@@ -3,8 +3,12 @@
 The record (our annotations) is written with the resourceVersion precondition, so two
 engines (or an engine and a stale copy of itself) cannot both record the same action;
 then the write the action needs (scale, HPA minReplicas, restart; none for give_up and
-release). A crash in between errs on the side of not acting twice; a failed action write
-puts the annotations back (again with a precondition) so the next pass may try again.
+release). A crash in between errs on the side of not acting twice. An action write the
+server refused (409/403/404) puts the annotations back (again with a precondition) so the
+next pass may try again. Any other failure (a timeout, a 5xx) may have taken effect on the
+server: the target is read back first, and the record is only put back when the read shows
+the write did not happen; applied, it stays (the action counts as applied); unreadable, it
+stays too (`OutcomeUnknown`: never a second restart or a forgotten HPA floor).
 """
 
 from __future__ import annotations
@@ -35,10 +39,24 @@ HPA_WRITES = ("hpa_raise", "hpa_restore")
 WRITES = (*SCALES, "restart", *HPA_WRITES, "give_up", "release")
 """The actions that write the record (and, but for give_up and release, their own write)."""
 
+
+class NotSent(KubeError):
+    """The action's own write was not sent (e.g. its HPA is gone): nothing to read back."""
+
+
+class OutcomeUnknown(KubeError):
+    """The action's own write failed without a refusal and could not be read back: it may
+    have taken effect, so the record stays (the safe side: no second action)."""
+
+
+REFUSED = (Conflict, Forbidden, NotFound, NotSent)
+"""Failures of the action's write that mean it did not happen (no read-back needed)."""
+
 RESULTS: dict[type[KubeError], str] = {
     Conflict: "conflict",
     Forbidden: "forbidden",
     NotFound: "not_found",
+    OutcomeUnknown: "unknown",
 }
 
 
@@ -87,27 +105,62 @@ class Applier:
         except KubeError as err:
             return err
         w.memory = decision.memory
+        at = format_time(now)
         try:
-            self._action_write(w, decision=decision, now=now)
+            self._action_write(w, decision=decision, at=at)
         except KubeError as err:
+            if not isinstance(err, REFUSED):
+                took = self._took_effect(w, decision=decision, at=at)
+                if took is None:
+                    return OutcomeUnknown(f"{err}; cannot read it back: the outcome is unknown")
+                if took:
+                    log.warning(
+                        "%s answered %s, but the read-back shows it took effect: applied",
+                        decision.action,
+                        err,
+                        extra=on(w.target.key),
+                    )
+                    self._applied(w, decision=decision)
+                    return None
             self._undo(w, decision=decision, before=before, version=written.resource_version)
             return err
-        if decision.action in SCALES:
-            w.replicas = decision.replicas_after
+        self._applied(w, decision=decision)
         return None
 
-    def _action_write(self, w: Workload, *, decision: Decision, now: float) -> None:
+    def _applied(self, w: Workload, *, decision: Decision) -> None:
+        if decision.action in SCALES:
+            w.replicas = decision.replicas_after
+
+    def _took_effect(self, w: Workload, *, decision: Decision, at: str) -> bool | None:
+        """Whether the action's write shows on the server (read directly: the backoff that
+        the failure just started must not hide it); None when it cannot be read."""
+        ns, name, key = w.target.namespace, w.target.deployment, w.target.key
+        try:
+            if decision.action in SCALES:
+                replicas = self.kube.get_scale(namespace=ns, name=name).replicas
+                return replicas == decision.replicas_after
+            if decision.action == "restart":
+                return self.kube.get_deployment(namespace=ns, name=name).restarted_at == at
+            hpa = self.kube.hpas(namespace=ns).get(name)
+        except KubeError as err:
+            log.error("cannot read back the %s: %s", decision.action, err, extra=on(key))
+            self.on_error(w, err)
+            return None
+        if hpa is None or w.hpa is None or hpa.name != w.hpa.name:
+            return False  # the HPA is gone (or another one scales it): its floor was not set
+        return hpa.min_replicas == decision.hpa_min_after
+
+    def _action_write(self, w: Workload, *, decision: Decision, at: str) -> None:
         """The action's own write: the Scale, the pod template, or the HPA's minReplicas."""
         ns, name, kube = w.target.namespace, w.target.deployment, self.kube
         if decision.action in SCALES:
             replicas = decision.replicas_after
             self.call(lambda: kube.patch_scale(namespace=ns, name=name, replicas=replicas))
         elif decision.action == "restart":
-            at = format_time(now)
             self.call(lambda: kube.restart(namespace=ns, name=name, at=at))
         elif decision.action in HPA_WRITES:
             if w.hpa is None or decision.hpa_min_after is None:
-                raise KubeError(f"{decision.action}: no HPA targets {w.target.key} any more")
+                raise NotSent(f"{decision.action}: no HPA targets {w.target.key} any more")
             hpa, floor = w.hpa.name, decision.hpa_min_after
             self.call(lambda: kube.patch_hpa_min(namespace=ns, name=hpa, min_replicas=floor))
 
@@ -181,6 +234,13 @@ def record_patch(memory: Memory) -> dict[str, str | None]:
     patch: dict[str, str | None] = dict.fromkeys(ANNOTATION_KEYS)
     patch.update(memory_to_annotations(memory))
     return patch
+
+
+def what(decision: Decision) -> str:
+    """`scale_up 1->2`, or the bare action name when no replicas change."""
+    if decision.replicas_before != decision.replicas_after:
+        return f"{decision.action} {decision.replicas_before}->{decision.replicas_after}"
+    return decision.action
 
 
 def on(key: str, **fields: Any) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Discovery: Deployments opted in by label (`discovery.label_selector`) join the targets.
 
 Every `interval_seconds` the leader lists the Deployments matching the selector in each of
-`discovery.namespaces`. A Deployment's bounds come from its annotations
-`aegisops.dev/min-replicas`, `max-replicas`, `scale-step`, else the `discovery` defaults;
+`discovery.namespaces` (a new leader at once; a follower never: it makes no Kubernetes
+call). Each Deployment that joins is trained from Prometheus history right away.
+A Deployment's bounds come from its annotations `aegisops.dev/min-replicas`,
+`max-replicas`, `scale-step`, else the `discovery` defaults;
 an unreadable or inconsistent annotation is logged and the default used. A configured
 target with the same namespace/name wins. A failed list keeps the last known set (a
 Deployment is only dropped when a successful list no longer shows it).

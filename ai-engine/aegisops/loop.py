@@ -11,6 +11,9 @@ With leader election, only the leader calls Kubernetes and sends Slack messages;
 follower queries, scores and decides (its models and incident streaks stay warm) and logs
 its decision lines marked `standby`. On becoming leader every cached Deployment fact is
 dropped, so what the old leader did is read back from the annotations before acting.
+Discovery lists Deployments, so it is the leader's job too (a follower makes no Kubernetes
+call): a new leader discovers at once, and every Deployment discovery adds is trained
+from Prometheus history right away, as the configured targets are at start.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -113,9 +116,14 @@ class Engine:
             on_alert=self._actor_alert,
             caps=self.caps,
             backoff=KubeBackoff(),
+            leading=self._still_leading,
         )
         self.report = Reporter(
-            notifier=notifier, metrics=metrics, dry_run=self.actor.dry_run, actions=ACTIONS
+            notifier=notifier,
+            metrics=metrics,
+            dry_run=self.actor.dry_run,
+            actions=ACTIONS,
+            still_leading=self._still_leading,
         )
         self.discovery = None
         if config.discovery.enabled:
@@ -134,8 +142,9 @@ class Engine:
 
     # -- start ---------------------------------------------------------------------------
 
-    def train_from_history(self, *, now: float) -> None:
-        """Learn the baseline from Prometheus history, so a restart needs no new learning."""
+    def train_from_history(self, *, now: float, keys: Collection[str] | None = None) -> None:
+        """Learn the baseline from Prometheus history, so a restart needs no new learning;
+        `keys`: only these workloads (the ones discovery just added), else all."""
         step = self.config.poll_interval_seconds
         start = int(now - self.config.prometheus.history_lookback_seconds)
         try:
@@ -143,7 +152,8 @@ class Engine:
         except PrometheusError as err:
             log.warning("history unavailable, learning from live samples: %s", err)
             return
-        train(self.workloads, history=history, params=self.config.detector)
+        chosen = self.workloads if keys is None else {k: self.workloads[k] for k in keys}
+        train(chosen, history=history, params=self.config.detector)
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -159,7 +169,9 @@ class Engine:
         if self.discovery is not None and self.leading:
             found = self.discovery.scan(now=now)
             if found is not None:
-                self._join(found)
+                joined = self._join(found)
+                if joined:
+                    self.train_from_history(now=now, keys=joined)
         try:
             sample: Sample | None = self.source.sample(now)
         except PrometheusError as err:
@@ -194,8 +206,10 @@ class Engine:
             self.metrics.heartbeat(now)
         return result
 
-    def _join(self, found: dict[str, Target]) -> None:
-        """Discovered Deployments join the passes (learning live); those gone are dropped."""
+    def _join(self, found: dict[str, Target]) -> list[str]:
+        """Discovered Deployments join the passes; those gone are dropped. The keys joined
+        (to be trained from history, as at start)."""
+        joined: list[str] = []
         configured = {t.key for t in self.config.targets}
         for key, target in found.items():
             if key in configured:
@@ -206,8 +220,9 @@ class Engine:
                     target=target, detector=WorkloadDetector(params=self.config.detector)
                 )
                 self.discovered.add(key)
+                joined.append(key)
                 log.info(
-                    "discovered: joins the passes (replicas %d..%d, step %d), learning live",
+                    "discovered: joins the passes (replicas %d..%d, step %d)",
                     target.min_replicas,
                     target.max_replicas,
                     target.scale_step,
@@ -228,6 +243,12 @@ class Engine:
             self.missing.forget(key)
             log.warning("no longer matches discovery.label_selector: dropped", extra=_on(key))
         self.source.targets = tuple(self.workloads)
+        return joined
+
+    def _still_leading(self) -> bool:
+        """Asked again right before each write and Slack message: the lease may be lost
+        while a pass runs (a slow query), and a lost lease means no write, no message."""
+        return self.leader is None or self.leader.is_leader()
 
     def _lead(self, now: float) -> None:
         """Whether this pass acts; on becoming leader every cached Deployment fact is dropped."""
@@ -236,6 +257,8 @@ class Engine:
             log.warning("became leader: re-reading every Deployment before acting")
             for workload in self.workloads.values():
                 workload.memory = None
+            if self.discovery is not None:
+                self.discovery.next_at = float("-inf")  # discover (and train) at once
         elif self.leading and not leading:
             log.warning("not the leader (any more): standby, no Kubernetes call, no Slack")
         self.leading = self.report.leading = leading
@@ -292,7 +315,7 @@ class Engine:
             observation=obs,
             now=now,
             replicas=w.replicas if w.replicas is not None else w.target.min_replicas,
-            memory=w.memory or Memory(),
+            memory=w.known(),
             limits=w.target.limits,
             params=self.config.policy,
             hpa_managed=hpa_managed,

@@ -31,8 +31,10 @@ class Reporter:
         metrics: SelfMetrics | None,
         dry_run: Callable[[Workload], bool],
         actions: tuple[str, ...],
+        still_leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.notifier = notifier
+        self.still_leading = still_leading  # asked at each send: the lease can go mid-pass
         self.metrics = metrics
         self.dry_run = dry_run
         self.actions = actions
@@ -117,7 +119,7 @@ class Reporter:
     ) -> None:
         """One alert message (`decision.alert` kinds, missing data, caps, forbidden);
         `workload` None: about the whole engine (Prometheus down)."""
-        if not self.leading:
+        if not self.leading or not self.still_leading():
             return
         try:
             payload = messages.alert_message(
@@ -143,7 +145,7 @@ class Reporter:
         **fields: Any,
     ) -> None:
         """One Slack message: anomaly confirmed, action taken, or resolved (leader only)."""
-        if not self.leading:
+        if not self.leading or not self.still_leading():
             return
         try:
             payload = build(

@@ -108,13 +108,20 @@ class FakeKube:
     hpa_names: set[str] = field(default_factory=set)
     hpa_min: int = 1
     ready: int | None = None  # readyReplicas; None: all replicas ready
+    restarted_at: str | None = None  # the pod template's kubectl.kubernetes.io/restartedAt
     fail: dict[str, Exception] = field(default_factory=dict)
+    fail_after: dict[str, Exception] = field(default_factory=dict)  # raised once it took effect
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
     def _call(self, name: str, arg: Any = None) -> None:
         self.calls.append((name, arg))
         if name in self.fail:
             raise self.fail.pop(name)
+
+    def _done(self, name: str) -> None:
+        """The write took effect; its answer may still be lost (a read timeout, a 504)."""
+        if name in self.fail_after:
+            raise self.fail_after.pop(name)
 
     def get_deployment(self, *, namespace: str, name: str) -> DeploymentInfo:
         self._call("get_deployment")
@@ -123,6 +130,7 @@ class FakeKube:
             resource_version=str(self.rv),
             replicas=self.replicas,
             ready_replicas=self.replicas if self.ready is None else self.ready,
+            restarted_at=self.restarted_at,
         )
 
     def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
@@ -144,11 +152,14 @@ class FakeKube:
     def patch_hpa_min(self, *, namespace: str, name: str, min_replicas: int) -> HpaInfo:
         self._call("patch_hpa_min", (name, min_replicas))
         self.hpa_min = min_replicas
+        self._done("patch_hpa_min")
         return self.hpa_info(name.removesuffix("-hpa"))
 
     def restart(self, *, namespace: str, name: str, at: str) -> DeploymentInfo:
         self._call("restart", at)
         self.rv += 1
+        self.restarted_at = at
+        self._done("restart")
         return DeploymentInfo(
             annotations=dict(self.annotations),
             resource_version=str(self.rv),
@@ -181,6 +192,7 @@ class FakeKube:
         self._call("patch_scale", replicas)
         self.replicas = replicas
         self.rv += 1
+        self._done("patch_scale")
         return ScaleInfo(replicas=replicas, resource_version=str(self.rv))
 
     def names(self) -> list[str]:

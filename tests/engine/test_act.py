@@ -23,7 +23,7 @@ from engine_fakes import (
 )
 
 from aegisops.guard import ActionCaps
-from aegisops.kube import Forbidden, KubeUnavailable, NotFound
+from aegisops.kube import Forbidden, KubeUnavailable, NotFound, ScaleInfo
 from aegisops.policy import (
     ANNOTATION_KEYS,
     COOLDOWN_UNTIL,
@@ -105,19 +105,21 @@ def test_forbidden_names_the_permission_and_alerts_once_per_hour(
     r.source.surge_from = T0
     r.passes(3, start=T0 + 1)
     r.kube.fail["patch_annotations"] = Forbidden(denied, permission=permission)
-    r.engine.workloads[KEY].read_at = float("-inf")  # the next pass re-reads at once
+    r.engine.workloads[KEY].read_at = float("-inf")  # the next pass would re-read at once
     r.engine.workloads[KEY].memory = None
+    calls = len(r.kube.calls)
     r.passes(2, start=T0 + 4)
+    assert r.kube.names()[calls:] == ["get_deployment"]  # held: no action attempt
     assert (
-        f"forbidden: the engine may not {permission} (grant it in its Role; {denied})"
-        in caplog.text
+        f"forbidden: the engine may not {permission} (grant it in its Role; {denied}); no "
+        f"action attempt on this workload until {format_time(T0 + 3 + 3600)}" in caplog.text
     )
     alerts = [t for t in r.notifier.texts() if "not allowed" in t]
     assert alerts == [
         f"AegisOps: AegisOps is not allowed to act on shop/web: the engine may not {permission}"
     ]
     labels = {"namespace": "shop", "deployment": "web", "action": "scale_up"}
-    assert metric(r, "aegisops_actions_total", {**labels, "result": "forbidden"}) == 2
+    assert metric(r, "aegisops_actions_total", {**labels, "result": "forbidden"}) == 1
 
 
 def test_a_gone_deployment_is_dropped_and_rechecked_with_one_get(
@@ -353,3 +355,163 @@ def test_a_memory_leak_restarts_the_pods_when_enabled() -> None:
     assert [n for n, _ in patches(r.kube)] == ["patch_annotations", "restart"]
     assert patches(r.kube)[1][1] == format_time(T0 + 3)
     assert r.kube.annotations[LAST_ACTION] == "restart"
+
+
+# -- an action write that failed without a refusal may have happened: read it back -------
+
+LOST = "the answer was lost: ReadTimeoutError"
+ACTION = {"namespace": "shop", "deployment": "web"}
+
+
+def test_a_timed_out_scale_that_took_effect_counts_as_applied(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "max_actions_per_hour": 1}
+    kube = FakeKube(fail_after={"patch_scale": KubeUnavailable(LOST)})
+    r = rig(config=make_config(policy=policy), kube=kube)
+    r.source.surge_from = T0
+    results = r.passes(10, start=T0 + 1)
+    assert [p.actions for p in results][:4] == [0, 0, 1, 0]
+    assert r.kube.names()[4:7] == ["patch_annotations", "patch_scale", "get_scale"]  # read back
+    assert writes(r.kube) == ["patch_annotations", "patch_scale"]  # the record stays
+    assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2" and r.kube.replicas == 2
+    assert f"scale_up answered {LOST}, but the read-back shows it took effect: applied" in (
+        caplog.text
+    )
+    assert r.notifier.texts()[1].startswith("AegisOps: shop/web: scaled up 1 -> 2 replicas (")
+    labels = {**ACTION, "action": "scale_up", "result": "applied"}
+    assert metric(r, "aegisops_actions_total", labels) == 1
+    assert r.engine.caps.full(now=T0 + 11) == "max_actions_per_hour (1) reached in the last hour"
+
+
+class UnreadableAfterScale(FakeKube):
+    """The scale PATCH times out, and so does every read of the Scale after it."""
+
+    def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
+        if "patch_scale" in self.names():
+            self._call("get_scale")
+            raise KubeUnavailable("get deployments/scale shop/web: ReadTimeoutError")
+        return super().get_scale(namespace=namespace, name=name)
+
+
+def test_a_timed_out_scale_that_cannot_be_read_back_keeps_its_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig(kube=UnreadableAfterScale(fail_after={"patch_scale": KubeUnavailable(LOST)}))
+    r.source.surge_from = T0
+    r.passes(10, start=T0 + 1)
+    assert writes(r.kube) == ["patch_annotations", "patch_scale"]  # never a second scale
+    assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
+    assert (
+        f"scale_up 1->2: {LOST}; cannot read it back: the outcome is unknown; keeping the "
+        "record, so it is not done twice" in caplog.text
+    )
+    labels = {**ACTION, "action": "scale_up", "result": "unknown"}
+    assert metric(r, "aegisops_actions_total", labels) == 1
+
+
+def test_a_timed_out_restart_that_took_effect_is_not_done_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "restart_on_memory_leak": True}
+    r = rig(
+        config=make_config(policy=policy),
+        kube=FakeKube(fail_after={"restart": KubeUnavailable(LOST)}),
+    )
+    r.source.surge, r.source.surge_from = (10.0, 0.05, 60e6), T0
+    r.passes(20, start=T0 + 1)
+    assert patches(r.kube) == [
+        ("patch_annotations", patches(r.kube)[0][1]),
+        ("restart", format_time(T0 + 3)),
+    ]
+    assert r.kube.names()[6] == "get_deployment"  # the read-back of the template
+    assert r.kube.annotations[LAST_ACTION] == "restart"
+    assert "restart answered" in caplog.text and "took effect: applied" in caplog.text
+    assert any(t.startswith("AegisOps: shop/web: restarted") for t in r.notifier.texts())
+
+
+def test_a_timed_out_hpa_raise_that_took_effect_is_recorded_and_restored_later() -> None:
+    policy = {
+        "consecutive_anomalies": 3,
+        "cooldown_seconds": 10,
+        "hpa_mode": "raise_min",
+        "scale_down_after_seconds": 5,
+    }
+    kube = FakeKube(hpa_names={"web"}, fail_after={"patch_hpa_min": KubeUnavailable(LOST)})
+    r = rig(config=make_config(policy=policy), kube=kube)
+    r.source.surge_from = T0
+    r.passes(5, start=T0 + 1)
+    assert r.kube.annotations["aegisops.dev/hpa-original-min"] == "1"  # the record stays
+    r.source.surge_from = float("inf")
+    r.passes(40, start=T0 + 6)
+    assert [a for n, a in patches(r.kube) if n == "patch_hpa_min"] == [
+        ("web-hpa", 2),  # timed out, but it took effect
+        ("web-hpa", 1),  # restored once calm
+    ]
+    assert r.kube.hpa_min == 1
+
+
+def test_dry_run_proposes_once_per_cooldown_across_re_reads_and_spares_the_caps() -> None:
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 20, "max_actions_per_hour": 1}
+    r = rig(config=make_config(dry_run=True, policy=policy))
+    r.source.surge_from = T0
+    results = r.passes(50, start=T0 + 1)
+    # re-read every reread_seconds (2 s) meanwhile; the cluster has no record of a dry run
+    assert r.kube.names().count("get_deployment") == 25 and writes(r.kube) == []
+    assert [n + 1 for n, p in enumerate(results) if p.actions] == [3, 23, 43]
+    would = [t for t in r.notifier.texts() if "would have" in t]
+    assert [t.split(" (")[0] for t in would] == [
+        "[DRY-RUN] AegisOps: shop/web: would have scaled up 1 -> 2 replicas"
+    ] * 3
+    assert r.engine.caps.full(now=T0 + 51) is None  # a dry run never uses up the real cap
+    labels = {**ACTION, "action": "scale_up", "result": "dry_run"}
+    assert metric(r, "aegisops_actions_total", labels) == 3
+
+
+class NoScalePermission(FakeKube):
+    """The Role lacks `patch deployments/scale`: every scale PATCH is refused."""
+
+    def patch_scale(self, *, namespace: str, name: str, replicas: int) -> ScaleInfo:
+        self._call("patch_scale", replicas)
+        permission = "patch deployments/scale in apps, namespace shop"
+        raise Forbidden("patch deployments/scale shop/web: 403", permission=permission)
+
+
+def test_a_403_on_the_action_holds_the_workload_without_calls_until_the_hold_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig(kube=NoScalePermission())
+    r.source.surge_from = T0
+    r.passes(60, start=T0 + 1)
+    assert r.kube.names() == [
+        "get_deployment",
+        *READ,
+        "patch_annotations",  # T0+3: the record
+        "patch_scale",  # ... refused
+        "patch_annotations",  # ... so the record is put back; then the hold: no call
+    ]
+    assert caplog.text.count("may not patch deployments/scale in apps, namespace shop") == 1
+    assert sum("not allowed" in t for t in r.notifier.texts()) == 1
+    calls = len(r.kube.calls)
+    r.passes(1, start=T0 + 3 + 3600)  # the hold is over: one attempt again
+    assert r.kube.names()[calls:] == [
+        *READ,
+        "patch_annotations",
+        "patch_scale",
+        "patch_annotations",
+    ]
+
+
+def test_with_the_cap_reached_a_held_back_workload_costs_no_call() -> None:
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "max_actions_per_hour": 1}
+    r = rig(config=make_config(policy=policy))
+    r.engine.caps.count(now=T0)  # one action already this hour
+    r.source.surge_from = T0
+    r.passes(60, start=T0 + 1)
+    assert r.kube.names() == ["get_deployment"]  # the first read only
+    [held] = [t for t in r.notifier.texts() if "cap" in t]
+    assert held.startswith("AegisOps: Action cap reached — no action on shop/web: scale_up 1->2 ")

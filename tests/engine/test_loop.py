@@ -139,7 +139,7 @@ def test_a_conflict_on_the_record_re_reads_and_decides_again_once_in_the_same_pa
     r = rig(kube=kube)
     r.source.surge_from = T0
     results = r.passes(5, start=T0 + 1)
-    assert [p.actions for p in results] == [0, 0, 1, 0, 0]
+    assert [(p.actions, p.errors) for p in results] == [(0, 0), (0, 0), (1, 0), (0, 0), (0, 0)]
     assert r.kube.names() == [
         "get_deployment",  # first seen
         "hpas",  # T0+3: the fresh read
@@ -153,12 +153,14 @@ def test_a_conflict_on_the_record_re_reads_and_decides_again_once_in_the_same_pa
         "patch_scale",
     ]
     assert r.kube.replicas == 2
-    assert (
-        "scale_up 1->2 failed (conflict): patch deployments shop/web: 409 Conflict" in caplog.text
+    [line] = [rec for rec in caplog.records if "record changed meanwhile" in rec.getMessage()]
+    assert line.levelname == "INFO" and line.getMessage() == (
+        "scale_up 1->2: record changed meanwhile (patch deployments shop/web: 409 Conflict); "
+        "re-reading and deciding again"
     )
-    assert "re-reading and deciding again after the conflict" in caplog.text
+    assert "failed (conflict)" not in caplog.text
     labels = {"namespace": "shop", "deployment": "web", "action": "scale_up"}
-    assert metric(r, "aegisops_actions_total", {**labels, "result": "conflict"}) == 1
+    assert metric(r, "aegisops_actions_total", {**labels, "result": "conflict"}) is None
     assert metric(r, "aegisops_actions_total", {**labels, "result": "applied"}) == 1
 
 
@@ -180,7 +182,7 @@ def test_a_second_conflict_in_the_pass_gives_up_until_the_next_pass(
 
     r.kube.fail = Always()
     [third] = r.passes(1, start=T0 + 3)
-    assert third.actions == 0
+    assert (third.actions, third.errors) == (0, 1)  # only the second conflict is an error
     assert r.kube.names().count("patch_annotations") == 2
     assert "patch_scale" not in r.kube.names()
     assert any(m.endswith("(not applied: conflict)") for m in decisions(caplog))
@@ -376,7 +378,8 @@ def test_untrainable_history_is_logged_and_the_workload_learns_live(
     ("fail", "errors", "actions"),
     [
         ({"hpas": KubeUnavailable("list horizontalpodautoscalers: 503")}, 1, 0),
-        ({"patch_annotations": Conflict("patch deployments shop/web: 409 Conflict")}, 1, 1),
+        # a 409 resolved by re-reading within the pass is not an error
+        ({"patch_annotations": Conflict("patch deployments shop/web: 409 Conflict")}, 0, 1),
         ({"patch_scale": KubeUnavailable("patch deployments/scale: 503")}, 1, 0),
     ],
 )
@@ -391,7 +394,7 @@ def test_kubernetes_failures_count_as_pass_errors(
     assert re.search(
         rf"pass 3: 1 workloads, 1 anomalies, {actions} actions, {errors} errors", caplog.text
     )
-    assert metric(r, "aegisops_pass_errors_total", {"stage": "kubernetes"}) == errors
+    assert (metric(r, "aegisops_pass_errors_total", {"stage": "kubernetes"}) or 0) == errors
 
 
 class MovingKube(FakeKube):
@@ -422,6 +425,7 @@ def test_a_409_on_the_undo_is_retried_with_the_fresh_version(
         "get_scale",
         "patch_annotations",  # T0+3: record the action
         "patch_scale",  # ... fails while the version moves
+        "get_scale",  # read back: still 1 replica, the scale did not happen
         "patch_annotations",  # undo: 409, stale version
         "get_deployment",  # re-read: our record, still 1 replica
         "get_scale",
@@ -447,10 +451,11 @@ def test_when_the_failed_scale_took_effect_after_all_the_record_stays(
     r = rig(kube=kube)
     r.source.surge_from = T0
     r.passes(5, start=T0 + 1)
-    assert r.kube.names().count("patch_annotations") == 2  # record, one undo attempt (409)
+    assert r.kube.names().count("patch_annotations") == 1  # the record; read back, no undo
     assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
     assert r.kube.replicas == 2
-    assert "replicas are 2 now (not 1): the scale took effect after all" in caplog.text
+    took = "the read-back shows it took effect: applied"
+    assert f"scale_up answered patch deployments/scale: 503, but {took}" in caplog.text
     assert "cooldown until" in decisions(caplog)[-1]
 
 
@@ -643,10 +648,14 @@ def test_discovery_adds_opted_in_deployments_and_drops_those_losing_the_label(
     api = r.engine.workloads["shop/api"].target
     assert (api.min_replicas, api.max_replicas, api.scale_step) == (2, 6, 1)
     assert r.engine.workloads[KEY].target.max_replicas == 4  # from the config
-    assert decisions(caplog, "shop/api")[:2] == [
+    assert decisions(caplog, "shop/api")[:3] == [
         "annotation aegisops.dev/scale-step: 'two' is not a valid count; using 1",
-        "discovered: joins the passes (replicas 2..6, step 1), learning live",
+        "discovered: joins the passes (replicas 2..6, step 1)",
+        "trained from history: 50 of 50 points usable, ready (baseline 40 samples)",
     ]
+    assert r.source.calls[:3] == ["history", "history", "sample"]  # at start; when it joins
+    assert r.engine.workloads["shop/api"].detector.ready
+    assert sum("trained" in m for m in decisions(caplog)) == 1  # web: at start, not again
     r.passes(9, start=T0 + 2)  # listed again only every 10 s
     lists = [call for name, call in kube.calls if call.startswith("list_deployments")]
     assert lists == ["list_deployments shop aegisops.dev/enabled=true"]
@@ -661,6 +670,61 @@ def test_discovery_adds_opted_in_deployments_and_drops_those_losing_the_label(
 def test_discovery_is_the_leaders_job() -> None:
     discovery = {"label_selector": "aegisops.dev/enabled=true", "namespaces": ["shop"]}
     kube = MultiKube(("web", "api"))
-    r = rig(kube=kube, config=make_config(discovery=discovery), leader=FakeLeader(leader=False))
-    r.passes(3, start=T0 + 1)
-    assert kube.calls == []
+    leader = FakeLeader(leader=True)
+    kube.kubes["api"].labels = {"aegisops.dev/enabled": "true"}
+    r = rig(kube=kube, config=make_config(discovery=discovery), leader=leader)
+    r.passes(1, start=T0 + 1)
+    leader.leader = False
+    kube.calls.clear()
+    kube.kubes["db"] = FakeKube(labels={"aegisops.dev/enabled": "true"})
+    r.passes(3, start=T0 + 2)
+    assert kube.calls == []  # a follower: not even a list
+    leader.leader = True
+    r.passes(1, start=T0 + 5)  # a new leader discovers at once (not 60 s later)
+    assert kube.calls[0] == ("*", "list_deployments shop aegisops.dev/enabled=true")
+    assert list(r.engine.workloads) == [KEY, "shop/api", "shop/db"]
+    assert r.engine.workloads["shop/db"].detector.ready  # trained from history at once
+
+
+class LeaseLostOnRead(FakeKube):
+    """The lease expires while the fresh Scale is read (a slow call), just before the write."""
+
+    leader: FakeLeader | None = None
+
+    def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
+        scale = super().get_scale(namespace=namespace, name=name)
+        if self.leader is not None and self.names().count("get_scale") == 1:
+            self.leader.leader = False
+        return scale
+
+
+def test_a_lease_lost_right_before_the_write_means_no_write_and_no_slack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    leader, kube = FakeLeader(leader=True), LeaseLostOnRead()
+    kube.leader = leader
+    r = rig(leader=leader, kube=kube)
+    r.source.surge_from = T0
+    r.passes(3, start=T0 + 1)  # the action pass: the lease goes during the fresh read
+    assert r.kube.names() == ["get_deployment", "hpas", "get_deployment", "get_scale"]
+    [anomaly] = r.notifier.texts()  # sent while it still led; no action message after
+    assert anomaly.startswith("AegisOps: Anomaly on shop/web: score ")
+    assert "lost the lease during the pass: not acting" in caplog.text
+    assert decisions(caplog)[-1].endswith("(not applied: standby, not the leader)")
+
+
+def test_a_lease_lost_during_the_query_means_no_call_and_no_slack() -> None:
+    leader = FakeLeader(leader=True)
+    r = rig(leader=leader)
+    r.source.surge_from = T0
+    r.passes(2, start=T0 + 1)
+    sample = r.source.sample
+
+    def slow_sample(now: float) -> Sample:  # the lease runs out while Prometheus answers
+        leader.leader = False
+        return sample(now)
+
+    r.source.sample = slow_sample  # type: ignore[method-assign]
+    r.passes(1, start=T0 + 3)
+    assert r.kube.names() == ["get_deployment"] and r.notifier.sent == []
