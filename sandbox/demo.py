@@ -109,7 +109,14 @@ def engine_config(*, world: World, plan: Plan, metrics_port: int) -> dict[str, o
             "retrain_every_samples": plan.baseline_samples,
             "seed": 42,
         },
-        "policy": {"consecutive_anomalies": 3, "cooldown_seconds": plan.cooldown_seconds},
+        "policy": {
+            "consecutive_anomalies": 3,
+            "cooldown_seconds": plan.cooldown_seconds,
+            # judged 15 s after the new pods are ready: longer than the 5 s rate window
+            # plus Prometheus's 5 s target discovery, so a fresh pod's effect is visible
+            "verify_passes": 15,
+            "verify_ready_seconds": 30,
+        },
         "targets": [
             {
                 "namespace": NAMESPACE,

@@ -17,8 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,14 @@ import yaml
 
 from aegisops import __version__
 from aegisops.backtest import BacktestError, run_backtest
+from aegisops.checks import check_kubernetes, check_prometheus, line
 from aegisops.config import Config, ConfigError, load_config
 from aegisops.kube import KubeClient, KubeError
+from aegisops.leader import LeaderElector, LeaderParams, resolve_params
 from aegisops.logs import setup_logging, utc_timestamp
 from aegisops.loop import Engine
 from aegisops.notify import SlackNotifier
+from aegisops.outbox import Outbox
 from aegisops.policy import Limits
 from aegisops.prometheus import PrometheusSource
 from aegisops.selfmetrics import HealthServer, SelfMetrics, stale_after
@@ -38,15 +40,8 @@ from aegisops.selfmetrics import HealthServer, SelfMetrics, stale_after
 log = logging.getLogger("aegisops")
 DEFAULT_CONFIG = "/etc/aegisops/config.yaml"
 CONFIG_RECHECK_SECONDS = 2.0
+SHUTDOWN_FLUSH_SECONDS = 5.0  # at most this long (or one poll interval) to flush Slack on exit
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-# (verb, group, resource, subresource): every call the engine makes (docs/design.md).
-KUBE_CALLS = (
-    ("get", "apps", "deployments", ""),
-    ("patch", "apps", "deployments", ""),
-    ("get", "apps", "deployments", "scale"),
-    ("patch", "apps", "deployments", "scale"),
-    ("list", "autoscaling", "horizontalpodautoscalers", ""),
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,27 +172,42 @@ def serve(config: Config, *, env: Mapping[str, str], once: bool, stop: threading
         "kubernetes: %s auth against %s (%s)", kube.auth.mode, kube.auth.host, kube.auth.source
     )
     source = PrometheusSource(config=config.prometheus, targets=[t.key for t in config.targets])
-    notifier = SlackNotifier(
-        config=config.slack,
-        webhook=config.slack.webhook,
-        on_result=metrics.slack_message,
-        deadline_seconds=min(config.slack.max_retry_wait_seconds, config.poll_interval_seconds),
+    notifier = SlackNotifier(config=config.slack, webhook=config.slack.webhook)
+    outbox = Outbox(notifier=notifier, max_queue=config.slack.max_queue, metrics=metrics)
+    params = leader_params(config, env=env)
+    elector = LeaderElector(kube=kube, params=params)
+    leader = elector if params.enabled else None
+    engine = Engine(
+        config=config, source=source, kube=kube, notifier=outbox, metrics=metrics, leader=leader
     )
-    engine = Engine(config=config, source=source, kube=kube, notifier=notifier, metrics=metrics)
     try:
-        metrics.set_ready(True)
+        metrics.set_ready(True)  # followers are ready too: they take over within a lease
+        elector.step()  # the first pass knows whether it leads
         if once:
             now = time.time()
             engine.train_from_history(now=now)
             return EXIT_FAILED if engine.run_pass(now).errors else EXIT_OK
+        elector.start()
         engine.run_forever(stop=stop)
         log.info("stopping after %d passes", engine.passes)
         return EXIT_OK
     finally:
+        # SIGTERM: the pass is finished; hand the Lease over, flush Slack (bounded), close
+        elector.stop(release=True, timeout=config.kubernetes.timeout_seconds)
+        outbox.close(timeout=min(SHUTDOWN_FLUSH_SECONDS, config.poll_interval_seconds))
         health.stop()
         source.close()
         kube.close()
         notifier.close()
+
+
+def leader_params(config: Config, *, env: Mapping[str, str]) -> LeaderParams:
+    """`leader_election` with its nulls resolved (namespace, identity) from the pod."""
+    return resolve_params(
+        **dataclasses.asdict(config.leader_election),
+        environ=env,
+        namespace_file=Path(config.kubernetes.serviceaccount_dir) / "namespace",
+    )
 
 
 def fallback_server(path: Path, env: Mapping[str, str]) -> tuple[str, int]:
@@ -279,76 +289,20 @@ def cmd_check(args: argparse.Namespace, *, env: Mapping[str, str]) -> int:
     try:
         config = load_config(path, env=env)
     except ConfigError as err:
-        _line(False, f"config {path}: {err}")
+        line(False, f"config {path}: {err}")
         return EXIT_FAILED
-    _line(
+    line(
         True,
         f"config {path}: {len(config.targets)} target(s), "
         f"poll every {config.poll_interval_seconds:g}s",
     )
-    results = [_check_prometheus(config), _check_kubernetes(config, env=env)]
+    lease = leader_params(config, env=env) if config.leader_election.enabled else None
+    results = [check_prometheus(config), check_kubernetes(config, env=env, lease=lease)]
     if config.slack.webhook is None:
-        _line(None, f"slack: off (${config.slack.webhook_env} not set); alerts go to the log")
+        line(None, f"slack: off (${config.slack.webhook_env} not set); alerts go to the log")
     else:
-        _line(True, f"slack: webhook from ${config.slack.webhook_env}")
+        line(True, f"slack: webhook from ${config.slack.webhook_env}")
     return EXIT_OK if all(results) else EXIT_FAILED
-
-
-def _line(ok: bool | None, text: str) -> None:
-    mark = {True: "[ok]  ", False: "[FAIL]", None: "[--]  "}[ok]
-    print(f"{mark} {text}")
-
-
-def _check_prometheus(config: Config) -> bool:
-    keys = [t.key for t in config.targets]
-    with PrometheusSource(config=config.prometheus, targets=keys) as source:
-        checks = source.check(now=time.time())
-    for item in checks:
-        name = item.name if item.name.startswith("prometheus") else f"prometheus {item.name}"
-        _line(item.ok, f"{name}: {item.detail}")
-    return bool(checks) and all(item.ok for item in checks)
-
-
-def _check_kubernetes(config: Config, *, env: Mapping[str, str]) -> bool:
-    try:
-        kube = KubeClient(config=config.kubernetes, environ=env)
-    except KubeError as err:
-        _line(False, f"kubernetes: {err}")
-        return False
-    ok = True
-    with kube:
-        _line(True, f"kubernetes: {kube.auth.mode} auth against {kube.auth.host}")
-        for namespace in sorted({t.namespace for t in config.targets}):
-            for verb, group, resource, sub in KUBE_CALLS:
-                what = f"{verb} {resource}{'/' + sub if sub else ''} in {namespace}"
-                probe = partial(
-                    kube.can_i,
-                    verb=verb,
-                    group=group,
-                    resource=resource,
-                    subresource=sub,
-                    namespace=namespace,
-                )
-                ok &= _try(what, probe)
-        for target in config.targets:
-            exists = partial(_exists, kube, target.namespace, target.deployment)
-            ok &= _try(f"deployment {target.key} exists", exists)
-    return ok
-
-
-def _exists(kube: KubeClient, namespace: str, name: str) -> bool:
-    kube.get_deployment(namespace=namespace, name=name)
-    return True
-
-
-def _try(what: str, probe: Callable[[], bool]) -> bool:
-    try:
-        allowed = probe()
-    except KubeError as err:
-        _line(False, f"kubernetes {what}: {err}")
-        return False
-    _line(allowed, f"kubernetes {what}" + ("" if allowed else ": not allowed"))
-    return allowed
 
 
 # -- backtest ----------------------------------------------------------------------------

@@ -7,25 +7,24 @@ in, never read at import. Every problem is a `ConfigError` naming the key path.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import yaml
-from urllib3.exceptions import LocationParseError
-from urllib3.util import parse_url
 
+from aegisops.configcheck import check_cross_fields, check_targets, check_url, webhook
 from aegisops.configschema import (
     ConfigError,
     Field,
     Schema,
+    Secret,
     apply_env,
     check_section,
     count,
     describe,
+    mask_url,
     positive,
     schema_env_keys,
 )
@@ -37,35 +36,7 @@ __all__ = ["Config", "ConfigError", "Secret", "load_config", "mask_url", "parse_
 ENV_PREFIX = "AEGISOPS_"
 # Read by the CLI (the config file path itself), not a config key.
 ENV_NOT_KEYS = frozenset({"AEGISOPS_CONFIG"})
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 BACKTEST_ENV_PREFIXES = ("AEGISOPS_DETECTOR_", "AEGISOPS_POLICY_")
-
-
-class Secret:
-    """A string that never prints: str, repr and format all give `***`."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __str__(self) -> str:
-        return "***"
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    def __format__(self, spec: str) -> str:
-        return format("***", spec)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)
@@ -101,6 +72,7 @@ class Target:
     min_replicas: int
     max_replicas: int
     scale_step: int
+    dry_run: bool | None = None  # None: the global `dry_run`
 
     @property
     def key(self) -> str:
@@ -131,6 +103,40 @@ class KubernetesConfig:
     kubeconfig: str | None
     serviceaccount_dir: str
     timeout_seconds: float
+    recheck_gone_seconds: float = 600.0  # a target whose Deployment is gone: one GET this often
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Opt-in by label: Deployments matching `label_selector` in `namespaces` join the targets."""
+
+    label_selector: str | None  # None: discovery off
+    namespaces: tuple[str, ...]
+    interval_seconds: float
+    min_replicas: int
+    max_replicas: int
+    scale_step: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.label_selector is not None
+
+
+@dataclass(frozen=True)
+class LeaderElectionConfig:
+    """The Lease that makes exactly one engine act (None: resolved at start by the CLI)."""
+
+    enabled: bool
+    lease_name: str
+    namespace: str | None
+    identity: str | None
+    lease_duration_seconds: float
+    renew_every_seconds: float
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    missing_after_passes: int
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,9 @@ class Config:
     kubernetes: KubernetesConfig
     server: ServerConfig
     log: LogConfig
+    discovery: DiscoveryConfig
+    leader_election: LeaderElectionConfig
+    alerts: AlertsConfig
 
     def describe(self) -> dict[str, Any]:
         """The effective config as plain data, secrets masked: for the one start-up log line."""
@@ -164,17 +173,6 @@ class Config:
         assert isinstance(described, dict)
         described["prometheus"]["url"] = mask_url(self.prometheus.url)
         return described
-
-
-def mask_url(url: str) -> str:
-    """`url` with any `user:password@` shown as `***@` (for logs and error messages)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _plain(value: Any) -> Any:
@@ -230,8 +228,14 @@ SCHEMA: Schema = {
     "policy": {
         "consecutive_anomalies": count(3),
         "cooldown_seconds": Field(float, 300.0, minimum=0),
-        "scale_down_after_seconds": Field(float, None, minimum=0, nullable=True),
+        "scale_down_after_seconds": Field(float, 300.0, minimum=0, nullable=True),
         "min_relative_change": Field(float, 0.2, minimum=0),
+        "verify_ready_seconds": Field(float, 120.0, minimum=0),
+        "verify_passes": count(5),
+        "hpa_mode": Field(str, "alert", choices=("alert", "raise_min")),
+        "restart_on_memory_leak": Field(bool, False),
+        "max_actions_per_pass": count(10),
+        "max_actions_per_hour": count(60),
     },
     "slack": {
         "webhook_env": Field(str, "SLACK_WEBHOOK_URL"),
@@ -245,6 +249,26 @@ SCHEMA: Schema = {
         "kubeconfig": Field(str, None, nullable=True),
         "serviceaccount_dir": Field(str, "/var/run/secrets/kubernetes.io/serviceaccount"),
         "timeout_seconds": positive(10.0),
+        "recheck_gone_seconds": positive(600.0),
+    },
+    "discovery": {
+        "label_selector": Field(str, None, nullable=True),
+        "namespaces": Field(tuple, ()),
+        "interval_seconds": positive(60.0),
+        "min_replicas": count(1, minimum=0),
+        "max_replicas": count(5),
+        "scale_step": count(1),
+    },
+    "leader_election": {
+        "enabled": Field(bool, True),
+        "lease_name": Field(str, "aegisops-engine"),
+        "namespace": Field(str, None, nullable=True),
+        "identity": Field(str, None, nullable=True),
+        "lease_duration_seconds": positive(15.0),
+        "renew_every_seconds": positive(5.0),
+    },
+    "alerts": {
+        "missing_after_passes": count(3),
     },
     "server": {
         "port": Field(int, 8080, minimum=0, maximum=65535),
@@ -262,13 +286,10 @@ TARGET_SCHEMA: Mapping[str, Field] = {
     "min_replicas": count(1, minimum=0),
     "max_replicas": count(5),
     "scale_step": count(1),
+    "dry_run": Field(bool, None, nullable=True),
 }
 
 _P = TypeVar("_P")
-_K8S_NAME = {
-    "namespace": re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),  # DNS-1123 label
-    "deployment": re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),  # DNS-1123 subdomain
-}
 
 
 # --- loading -------------------------------------------------------------------------
@@ -313,24 +334,14 @@ def parse_config(
         env = {k: v for k, v in env.items() if k.startswith(BACKTEST_ENV_PREFIXES)}
     merged = _apply_env(raw, env)
     values = check_section(merged, SCHEMA, "", extra=frozenset({"targets"}))
-    targets = _targets(merged.get("targets"), required=not backtest)
-    _check_url(values["prometheus"]["url"], key="prometheus.url")
-    detector = values["detector"]
-    if detector["max_training_samples"] < detector["baseline_samples"]:
-        raise ConfigError(
-            f"must be >= detector.baseline_samples ({detector['baseline_samples']}), "
-            f"got {detector['max_training_samples']}",
-            key="detector.max_training_samples",
-        )
-    adapt = detector["adapt_after_samples"]
-    if adapt is not None and adapt < detector["baseline_samples"]:
-        raise ConfigError(
-            f"must be >= detector.baseline_samples ({detector['baseline_samples']}), "
-            f"or null, got {adapt}",
-            key="detector.adapt_after_samples",
-        )
-    webhook = None if backtest else _webhook(values["slack"]["webhook_env"], env)
-    return _build(values, targets, webhook=webhook)
+    discovering = values["discovery"]["label_selector"] is not None
+    targets = check_targets(
+        merged.get("targets"), TARGET_SCHEMA, required=not (backtest or discovering)
+    )
+    check_url(values["prometheus"]["url"], key="prometheus.url")
+    check_cross_fields(values)
+    secret = None if backtest else webhook(values["slack"]["webhook_env"], env)
+    return _build(values, tuple(Target(**t) for t in targets), webhook=secret)
 
 
 def _build(
@@ -360,6 +371,9 @@ def _build(
         kubernetes=KubernetesConfig(**values["kubernetes"]),
         server=ServerConfig(**values["server"]),
         log=LogConfig(**values["log"]),
+        discovery=DiscoveryConfig(**values["discovery"]),
+        leader_election=LeaderElectionConfig(**values["leader_election"]),
+        alerts=AlertsConfig(**values["alerts"]),
     )
 
 
@@ -392,85 +406,3 @@ def _apply_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]
 
 
 # --- validation ----------------------------------------------------------------------
-
-
-def _targets(raw: Any, *, required: bool = True) -> tuple[Target, ...]:
-    if (raw is None or raw == []) and not required:
-        return ()
-    if raw is None or raw == []:
-        raise ConfigError("at least one target (namespace, deployment) is required", key="targets")
-    if not isinstance(raw, list):
-        raise ConfigError(f"expected a list of targets, got {describe(raw)}", key="targets")
-    targets: list[Target] = []
-    seen: dict[str, int] = {}
-    for index, item in enumerate(raw):
-        key = f"targets[{index}]"
-        target = Target(**check_section(item, TARGET_SCHEMA, key))
-        for name in ("namespace", "deployment"):
-            if not _K8S_NAME[name].match(getattr(target, name)):
-                raise ConfigError(
-                    f"expected a Kubernetes name (lower-case letters, digits, '-'), "
-                    f"got {getattr(target, name)!r}",
-                    key=f"{key}.{name}",
-                )
-        if target.max_replicas < target.min_replicas:
-            raise ConfigError(
-                f"must be >= min_replicas ({target.min_replicas}), got {target.max_replicas}",
-                key=f"{key}.max_replicas",
-            )
-        if target.key in seen:
-            raise ConfigError(
-                f"duplicate target {target.key} (already targets[{seen[target.key]}])", key=key
-            )
-        seen[target.key] = index
-        targets.append(target)
-    return tuple(targets)
-
-
-def _check_url(url: str, *, key: str) -> None:
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"expected an http:// or https:// URL, got {mask_url(url)!r}", key=key)
-
-
-def _webhook(env_name: str, env: Mapping[str, str]) -> Secret | None:
-    """The Slack webhook from the env var `env_name`; unset or empty means Slack is off.
-
-    Checked as urllib3 (under requests) will parse it, so a URL that passes here can be
-    posted to: https (plain http only to a local host), a well-formed host, a valid port.
-    """
-    url = env.get(env_name, "").strip()
-    if not url:
-        return None
-    if not _usable_webhook(url):
-        raise ConfigError(
-            f"the value of ${env_name} is not an https:// URL with a valid host and port "
-            "(the URL itself is not shown)",
-            key="slack.webhook",
-        )
-    return Secret(url)
-
-
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-
-
-def _usable_webhook(url: str) -> bool:
-    if any(c.isspace() for c in url):
-        return False
-    try:
-        parts = parse_url(url)
-    except LocationParseError:
-        return False
-    host = parts.host or ""
-    local_http = parts.scheme == "http" and host in LOCAL_HOSTS | {"[::1]"}
-    if parts.scheme != "https" and not local_http:
-        return False
-    if parts.port is not None and not 0 < parts.port < 65536:
-        return False
-    if host.startswith("[") and host.endswith("]"):
-        return True  # an IPv6 literal: urllib3 has checked it
-    return bool(host) and all(_HOST_LABEL.match(label) for label in host.split("."))

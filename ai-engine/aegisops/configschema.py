@@ -1,15 +1,18 @@
-"""The config schema machinery: typed scalar fields, range checks, unknown-key hints.
+"""The config schema machinery: typed fields, range checks, unknown-key hints, secrets.
 
-`aegisops.config` declares the schema with these; nothing here knows the keys.
+`aegisops.config` declares the schema with these; nothing here knows the keys. A field is
+a scalar, or (`kind=tuple`) a list of non-empty strings (comma-separated in the environment).
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import promql_parser
 
@@ -38,6 +41,44 @@ class Field:
     non_empty: bool = True
 
 
+class Secret:
+    """A string that never prints: str, repr and format all give `***`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __format__(self, spec: str) -> str:
+        return format("***", spec)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def mask_url(url: str) -> str:
+    """`url` with any `user:password@` shown as `***@` (for logs and error messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 def positive(default: float) -> Field:
     return Field(float, default, minimum=0, above=True)
 
@@ -49,7 +90,13 @@ def count(default: int, *, minimum: int = 1) -> Field:
 Schema = Mapping[str, "Field | Schema"]
 
 
-KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    tuple: "a list of strings",
+}
 
 
 def from_env(text: str, spec: Field, *, key: str, env_name: str) -> Any:
@@ -72,6 +119,8 @@ def from_env(text: str, spec: Field, *, key: str, env_name: str) -> Any:
             return int(value)
         if spec.kind is float:
             return float(value)
+        if spec.kind is tuple:
+            return tuple(part.strip() for part in value.split(",") if part.strip())
     except (KeyError, ValueError):
         raise ConfigError(
             f"expected {KIND_NAMES[spec.kind]} in {env_name}, got {text!r}", key=key
@@ -188,6 +237,13 @@ def _typed(value: Any, spec: Field, *, key: str) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"expected a finite number, got {value}", key=key)
+    elif spec.kind is tuple:
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(item, str) and item.strip() for item in value
+        ):
+            expected = f"expected a list of non-empty strings, got {describe(value)}"
+            raise ConfigError(expected, key=key)
+        value = tuple(item.strip() for item in value)
     elif spec.kind is str:
         if not isinstance(value, str):
             raise ConfigError(expected, key=key)
@@ -229,3 +285,25 @@ def describe(value: Any) -> str:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_LABEL_NAME = rf"({_DNS_LABEL}(\.{_DNS_LABEL})*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?"
+_LABEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
+_REQUIREMENT = re.compile(
+    rf"^\s*(!\s*{_LABEL_NAME}|{_LABEL_NAME}\s*((==?|!=)\s*{_LABEL_VALUE}"
+    rf"|\s(in|notin)\s*\(\s*{_LABEL_VALUE}(\s*,\s*{_LABEL_VALUE})*\s*\))?)\s*$"
+)
+
+
+def check_label_selector(text: str, *, key: str) -> str:
+    """`text` if it is a Kubernetes label selector (`a=b,c!=d,e in (f,g),!h`), else ConfigError."""
+    requirements = re.split(r",(?![^()]*\))", text)
+    for requirement in requirements:
+        if not _REQUIREMENT.match(requirement):
+            raise ConfigError(
+                f"not a label selector (e.g. 'aegisops.dev/enabled=true'): "
+                f"{requirement.strip()!r} in {text!r}",
+                key=key,
+            )
+    return text

@@ -289,9 +289,10 @@ def _verify(f: Facts) -> tuple[Facts, Out | None]:
     if f.replicas != check.after:  # the scale is not in effect (not applied): nothing to check
         return replace(f, state=replace(f.state, verify=None)), None
     obs, params = f.observation, f.params
-    passes = check.passes + (obs.status == "scored")
     ready = f.ready_replicas
     unready = ready is not None and ready < check.after
+    # the new pods' effect is judged from when they serve: passes count once they are ready
+    passes = check.passes + (obs.status == "scored" and not unready)
     if unready and f.now - check.since > params.verify_ready_seconds:
         waited = f.now - check.since
         step = f"scale_up {check.before}->{check.after}"

@@ -24,6 +24,7 @@ import yaml
 from aegisops.cli import fallback_server, main
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import free_port, spawn, stop_process, tail, wait_until
+from sandbox.slack import SlackReceiver
 
 AEGISOPS = str(Path(sys.executable).with_name("aegisops"))
 RBAC = Path(__file__).resolve().parents[2] / "kubernetes" / "rbac.yaml"
@@ -203,6 +204,9 @@ def test_no_slack_secret_runs_and_says_so_once(tmp_path: Path, api: KubeAPIServe
             "patch deployments/scale in aegisops",
             "list horizontalpodautoscalers in aegisops",
             "deployment aegisops/web exists",
+            "get leases/aegisops-engine in aegisops",  # leader election (on by default)
+            "update leases/aegisops-engine in aegisops",
+            "create leases in aegisops",
         ):
             assert f"[ok]   kubernetes {allowed}" in lines
         assert lines[-1] == "[--]   slack: off ($SLACK_WEBHOOK_URL not set); alerts go to the log"
@@ -225,6 +229,13 @@ def test_sigterm_finishes_the_pass_and_exits_0(tmp_path: Path, api: KubeAPIServe
     text = log.read_text()
     assert "received SIGTERM, finishing the current pass" in text
     assert "stopping after " in text
+    # it led (the only engine), and handed the Lease over on the way out
+    assert "became leader (lease aegisops/aegisops-engine, identity " in text
+    assert "released lease aegisops/aegisops-engine (identity " in text
+    assert "standby pass" not in text
+    lease = api.get("leases", "aegisops", "aegisops-engine")
+    assert lease["spec"].get("holderIdentity") in (None, "")
+    assert lease["spec"]["leaseTransitions"] >= 0
 
 
 def test_check_with_bad_config_and_backtest_with_bad_input(
@@ -329,3 +340,31 @@ def test_with_json_logs_a_bad_config_is_one_json_line(tmp_path: Path) -> None:
     record = json.loads(line)
     assert record["level"] == "ERROR"
     assert record["msg"] == (f"invalid config {path}: dry_run: expected true or false, got 'maybe'")
+
+
+def test_alerts_reach_slack_through_the_outbox_and_sigterm_still_exits_0(
+    tmp_path: Path, api: KubeAPIServer
+) -> None:
+    kubeconfig = api.write_kubeconfig(tmp_path / "engine.kubeconfig", token=TOKEN)
+    kube = {"mode": "kubeconfig", "kubeconfig": str(kubeconfig)}
+    path = write_config(
+        tmp_path / "config.yaml", kubernetes=kube, alerts={"missing_after_passes": 2}
+    )
+    log = tmp_path / "engine.log"
+    with SlackReceiver() as slack:
+        env = {**base_env(), "SLACK_WEBHOOK_URL": slack.url}
+        proc = spawn(argv=[AEGISOPS, "run", "--config", str(path)], log_path=log, env=env)
+        try:
+            wait_until(lambda: slack.messages(), timeout=20, message="a Slack message")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            stop_process(proc)
+        texts = [m["text"] for m in slack.messages()]
+    assert texts[0] == (
+        "AegisOps: Prometheus is unreachable: Prometheus queries failed 2 passes in a row; "
+        "no decisions meanwhile"
+    )
+    text = log.read_text()
+    assert "(alert prometheus_down)" in text
+    assert "Traceback" not in text

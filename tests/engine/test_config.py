@@ -12,6 +12,8 @@ import yaml
 from aegisops.config import (
     Config,
     ConfigError,
+    DiscoveryConfig,
+    LeaderElectionConfig,
     Secret,
     env_keys,
     load_config,
@@ -123,7 +125,7 @@ def test_every_scalar_key_has_its_own_env_name() -> None:
         "workload_labels",
         "namespace",
     )
-    assert len(set(keys.values())) == len(keys) == 40
+    assert len(set(keys.values())) == len(keys) == 60
 
 
 @pytest.mark.parametrize(
@@ -357,6 +359,7 @@ def test_describe_is_the_effective_config_with_secrets_masked() -> None:
             "min_replicas": 1,
             "max_replicas": 5,
             "scale_step": 1,
+            "dry_run": None,
         }
     ]
     assert described["detector"]["n_estimators"] == 50
@@ -372,7 +375,7 @@ def test_describe_is_the_effective_config_with_secrets_masked() -> None:
 def test_defaults_are_the_pure_core_defaults() -> None:
     config = parse_config(minimal(), env={})
     assert config.detector == DetectorParams()
-    assert config.policy == PolicyParams()
+    assert config.policy == PolicyParams(scale_down_after_seconds=300.0)  # docs/safety.md
 
 
 def test_the_reference_documents_every_key_and_env_var() -> None:
@@ -382,3 +385,129 @@ def test_the_reference_documents_every_key_and_env_var() -> None:
         assert f"`{env_name}`" in reference, env_name
     for key in ("namespace", "deployment", "min_replicas", "max_replicas", "scale_step"):
         assert f"| `{key}` |" in reference, key
+
+
+def test_the_safety_keys_have_their_documented_defaults() -> None:
+    config = parse_config(minimal(), env={})
+    assert config.targets[0].dry_run is None
+    assert config.kubernetes.recheck_gone_seconds == 600.0
+    assert config.alerts.missing_after_passes == 3
+    assert config.discovery == DiscoveryConfig(
+        label_selector=None,
+        namespaces=(),
+        interval_seconds=60.0,
+        min_replicas=1,
+        max_replicas=5,
+        scale_step=1,
+    )
+    assert not config.discovery.enabled
+    assert config.leader_election == LeaderElectionConfig(
+        enabled=True,
+        lease_name="aegisops-engine",
+        namespace=None,
+        identity=None,
+        lease_duration_seconds=15.0,
+        renew_every_seconds=5.0,
+    )
+    assert config.policy.scale_down_after_seconds == 300.0
+
+
+def test_discovery_may_replace_the_targets_and_reads_namespaces_from_the_env() -> None:
+    raw = {"discovery": {"label_selector": "aegisops.dev/enabled=true", "namespaces": ["shop"]}}
+    config = parse_config(raw, env={"AEGISOPS_DISCOVERY_NAMESPACES": "shop, web"})
+    assert config.targets == ()
+    assert config.discovery.enabled
+    assert config.discovery.namespaces == ("shop", "web")
+    assert parse_config(raw, env={}).discovery.namespaces == ("shop",)
+
+
+def test_a_target_may_set_its_own_dry_run() -> None:
+    config = parse_config({"targets": [{**TARGET, "dry_run": True}]}, env={})
+    assert config.targets[0].dry_run is True
+
+
+@pytest.mark.parametrize(
+    "selector",
+    ["aegisops.dev/enabled=true", "app in (web, api),!legacy", "tier!=db,team", "a==b"],
+)
+def test_label_selectors_that_parse(selector: str) -> None:
+    raw = minimal(discovery={"label_selector": selector, "namespaces": ["shop"]})
+    assert parse_config(raw, env={}).discovery.label_selector == selector
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            minimal(poll_interval_seconds=30, policy={"cooldown_seconds": 20}),
+            "policy.cooldown_seconds: must be >= poll_interval_seconds (30), got 20",
+        ),
+        (
+            minimal(policy={"hpa_mode": "fight"}),
+            "policy.hpa_mode: expected one of 'alert', 'raise_min', got 'fight'",
+        ),
+        (
+            minimal(policy={"max_actions_per_pass": 0}),
+            "policy.max_actions_per_pass: must be >= 1, got 0",
+        ),
+        (
+            minimal(leader_election={"lease_duration_seconds": 10, "renew_every_seconds": 10}),
+            "leader_election.renew_every_seconds: must be < "
+            "leader_election.lease_duration_seconds (10), got 10",
+        ),
+        (
+            minimal(leader_election={"lease_name": "Aegis_Lease"}),
+            "leader_election.lease_name: expected a Kubernetes name "
+            "(lower-case letters, digits, '-'), got 'Aegis_Lease'",
+        ),
+        (
+            minimal(discovery={"label_selector": "aegisops.dev/enabled=true"}),
+            "discovery.namespaces: required when discovery.label_selector is set "
+            "(the namespaces to list)",
+        ),
+        (
+            minimal(discovery={"label_selector": "a=b", "namespaces": "shop"}),
+            "discovery.namespaces: expected a list of non-empty strings, got 'shop'",
+        ),
+        (
+            minimal(discovery={"label_selector": "a=b", "namespaces": ["Shop"]}),
+            "discovery.namespaces[0]: expected a Kubernetes name "
+            "(lower-case letters, digits, '-'), got 'Shop'",
+        ),
+        (
+            minimal(discovery={"label_selector": "enabled=yes=no", "namespaces": ["shop"]}),
+            "discovery.label_selector: not a label selector (e.g. 'aegisops.dev/enabled=true'): "
+            "'enabled=yes=no' in 'enabled=yes=no'",
+        ),
+        (
+            minimal(discovery={"label_selector": "a in (b,c", "namespaces": ["shop"]}),
+            "discovery.label_selector: not a label selector (e.g. 'aegisops.dev/enabled=true'): "
+            "'a in (b' in 'a in (b,c'",
+        ),
+        (
+            minimal(
+                discovery={
+                    "label_selector": "a=b",
+                    "namespaces": ["shop"],
+                    "min_replicas": 4,
+                    "max_replicas": 2,
+                }
+            ),
+            "discovery.max_replicas: must be >= min_replicas (4), got 2",
+        ),
+        (
+            {"targets": [{**TARGET, "dry_run": "yes"}]},
+            "targets[0].dry_run: expected true or false, got 'yes'",
+        ),
+        (
+            minimal(alerts={"missing_after_passes": 0}),
+            "alerts.missing_after_passes: must be >= 1, got 0",
+        ),
+        (
+            minimal(kubernetes={"recheck_gone_seconds": 0}),
+            "kubernetes.recheck_gone_seconds: must be > 0, got 0",
+        ),
+    ],
+)
+def test_safety_config_mistakes_name_the_key(raw: dict[str, Any], message: str) -> None:
+    assert error_of(raw) == message

@@ -9,14 +9,26 @@ import logging
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import pytest
+from engine_fakes import (
+    ACTING,
+    BASELINE,
+    KEY,
+    T0,
+    FakeKube,
+    FakeLeader,
+    FakeNotifier,
+    FakeSource,
+    MultiKube,
+    decisions,
+    make_config,
+    metric,
+    rig,
+)
 
-from aegisops.config import Config, parse_config
-from aegisops.kube import Conflict, DeploymentInfo, KubeUnavailable, ScaleInfo
+from aegisops.kube import Conflict, KubeUnavailable, ScaleInfo
 from aegisops.loop import Engine
 from aegisops.policy import (
     ANNOTATION_KEYS,
@@ -26,186 +38,16 @@ from aegisops.policy import (
     REPLICAS_SET,
     format_time,
 )
-from aegisops.prometheus import History, PrometheusUnavailable, Sample
-from aegisops.selfmetrics import SelfMetrics
-
-KEY = "shop/web"
-T0 = 1_800_000_000.0
-BASELINE = 40
-NORMAL = (10.0, 0.05, 25e6)
-SURGE = (40.0, 0.6, 25e6)
-ACTING = ["hpa_targets", "get_deployment", "get_scale", "patch_annotations", "patch_scale"]
-"""The calls one action costs, in order: HPA check, fresh Deployment and Scale, record, scale."""
-
-
-def make_config(**overrides: Any) -> Config:
-    raw: dict[str, Any] = {
-        "poll_interval_seconds": 1,
-        "prometheus": {"url": "http://127.0.0.1:9", "history_lookback_seconds": 100},
-        "detector": {
-            "baseline_samples": BASELINE,
-            "cold_start_seconds": 0,
-            "n_estimators": 40,
-            "max_samples": 32,
-            "seed": 3,
-        },
-        "policy": {"consecutive_anomalies": 3, "cooldown_seconds": 300},
-        "targets": [{"namespace": "shop", "deployment": "web", "max_replicas": 4}],
-        "server": {"port": 0},
-    }
-    raw.update(overrides)
-    return parse_config(raw, env={})
-
-
-def noisy(rng: np.random.Generator, centre: tuple[float, float, float]) -> np.ndarray:
-    scale = np.array([0.4, 0.002, 2e4])
-    return np.asarray(centre) + rng.normal(0.0, 1.0, 3) * scale
-
-
-class FakeSource:
-    """Stands in for PrometheusSource: a scripted profile per time, or an outage."""
-
-    def __init__(self, *, history_samples: int = BASELINE + 10, seed: int = 1) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.history_samples = history_samples
-        self.surge_from = float("inf")
-        self.down = False
-        self.calls: list[str] = []
-
-    def history(self, *, start: float, end: float, step: float) -> dict[str, History]:
-        self.calls.append("history")
-        if self.down:
-            raise PrometheusUnavailable("query_range rps: cannot connect to Prometheus")
-        n = self.history_samples
-        t = np.arange(end - n * step, end, step)[:n] + step
-        X = np.array([noisy(self.rng, NORMAL) for _ in range(n)]).reshape(n, 3)
-        return {KEY: History(timestamps=t, X=X)}
-
-    def sample(self, now: float) -> Sample:
-        self.calls.append("sample")
-        if self.down:
-            raise PrometheusUnavailable("query rps: cannot connect to Prometheus at http://x")
-        centre = SURGE if now >= self.surge_from else NORMAL
-        return Sample(t=now, values={KEY: noisy(self.rng, centre)})
-
-
-@dataclass
-class FakeKube:
-    """Stands in for KubeClient: one Deployment's annotations, version and replicas."""
-
-    annotations: dict[str, str] = field(default_factory=dict)
-    replicas: int = 1
-    rv: int = 7
-    hpas: set[str] = field(default_factory=set)
-    fail: dict[str, Exception] = field(default_factory=dict)
-    calls: list[tuple[str, Any]] = field(default_factory=list)
-
-    def _call(self, name: str, arg: Any = None) -> None:
-        self.calls.append((name, arg))
-        if name in self.fail:
-            raise self.fail.pop(name)
-
-    def get_deployment(self, *, namespace: str, name: str) -> DeploymentInfo:
-        self._call("get_deployment")
-        return DeploymentInfo(
-            annotations=dict(self.annotations),
-            resource_version=str(self.rv),
-            replicas=self.replicas,
-        )
-
-    def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
-        self._call("get_scale")
-        return ScaleInfo(replicas=self.replicas, resource_version=str(self.rv))
-
-    def hpa_targets(self, *, namespace: str) -> set[str]:
-        self._call("hpa_targets")
-        return set(self.hpas)
-
-    def patch_annotations(
-        self,
-        *,
-        namespace: str,
-        name: str,
-        annotations: Mapping[str, str | None],
-        resource_version: str,
-    ) -> DeploymentInfo:
-        self._call("patch_annotations", dict(annotations))
-        if resource_version != str(self.rv):
-            raise Conflict("patch deployments shop/web: 409 Conflict")
-        for key, value in annotations.items():
-            if value is None:
-                self.annotations.pop(key, None)
-            else:
-                self.annotations[key] = value
-        self.rv += 1
-        rv, replicas = str(self.rv), self.replicas
-        return DeploymentInfo(
-            annotations=dict(self.annotations), resource_version=rv, replicas=replicas
-        )
-
-    def patch_scale(self, *, namespace: str, name: str, replicas: int) -> ScaleInfo:
-        self._call("patch_scale", replicas)
-        self.replicas = replicas
-        self.rv += 1
-        return ScaleInfo(replicas=replicas, resource_version=str(self.rv))
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.calls]
-
-
-@dataclass
-class FakeNotifier:
-    sent: list[dict[str, Any]] = field(default_factory=list)
-
-    def send(self, payload: Mapping[str, Any]) -> bool:
-        self.sent.append(dict(payload))
-        return True
-
-    def texts(self) -> list[str]:
-        return [p["text"] for p in self.sent]
-
-
-@dataclass
-class Rig:
-    engine: Engine
-    source: FakeSource
-    kube: FakeKube
-    notifier: FakeNotifier
-    metrics: SelfMetrics
-
-    def passes(self, count: int, *, start: float) -> list[Any]:
-        return [self.engine.run_pass(start + i) for i in range(count)]
-
-
-def rig(*, kube: FakeKube | None = None, config: Config | None = None) -> Rig:
-    source, kube, notifier = FakeSource(), kube or FakeKube(), FakeNotifier()
-    metrics = SelfMetrics(stale_after_seconds=60, clock=lambda: T0)
-    engine = Engine(
-        config=config or make_config(),
-        source=source,  # type: ignore[arg-type]
-        kube=kube,  # type: ignore[arg-type]
-        notifier=notifier,  # type: ignore[arg-type]
-        metrics=metrics,
-        clock=lambda: T0,
-    )
-    engine.train_from_history(now=T0)
-    return Rig(engine=engine, source=source, kube=kube, notifier=notifier, metrics=metrics)
-
-
-def decisions(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if getattr(r, "workload", None) == KEY]
-
-
-def metric(r: Rig, name: str, labels: dict[str, str] | None = None) -> float | None:
-    return r.metrics.registry.get_sample_value(name, labels or {})
+from aegisops.prometheus import History, Sample
 
 
 def test_trains_from_history_then_scales_once_and_holds_the_cooldown(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    config = make_config()  # the surge never eases: pin the verification past this test's end
-    r = rig(config=replace(config, policy=replace(config.policy, verify_passes=10)))
+    # the surge never eases: pin the verification past this test's end
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "verify_passes": 10}
+    r = rig(config=make_config(policy=policy))
     assert "trained from history: 50 of 50 points usable, ready" in caplog.text
     quiet = r.passes(5, start=T0 + 1)
     assert [p.actions for p in quiet] == [0] * 5
@@ -274,16 +116,20 @@ def test_a_restarted_engine_reads_the_cooldown_and_does_not_act(
 
 
 def test_an_hpa_on_the_deployment_means_alert_only() -> None:
-    r = rig(kube=FakeKube(hpas={"web"}))
+    r = rig(kube=FakeKube(hpa_names={"web"}))
     r.source.surge_from = T0
     results = r.passes(6, start=T0 + 1)
     assert sum(p.actions for p in results) == 0
     assert "patch_scale" not in r.kube.names() and "patch_annotations" not in r.kube.names()
-    assert r.notifier.texts() == [r.notifier.texts()[0]]
-    assert r.notifier.texts()[0].startswith("AegisOps: Anomaly on shop/web")
+    [anomaly, hpa] = r.notifier.texts()
+    assert anomaly.startswith("AegisOps: Anomaly on shop/web")
+    assert hpa.startswith("AegisOps: shop/web is managed by an HPA — AegisOps does not scale it: ")
+    assert hpa.endswith(
+        " for 3 consecutive samples; an HPA web-hpa manages this Deployment, not scaling"
+    )
 
 
-def test_a_conflict_on_the_annotations_means_no_scale_and_a_retry_later(
+def test_a_conflict_on_the_record_re_reads_and_decides_again_once_in_the_same_pass(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -293,16 +139,53 @@ def test_a_conflict_on_the_annotations_means_no_scale_and_a_retry_later(
     r = rig(kube=kube)
     r.source.surge_from = T0
     results = r.passes(5, start=T0 + 1)
-    assert [p.actions for p in results] == [0, 0, 0, 1, 0]
-    assert r.kube.names().count("patch_annotations") == 2
-    assert r.kube.names().count("patch_scale") == 1
-    assert (
-        "scale_up 1->2 failed (conflict): patch deployments shop/web: 409 Conflict" in caplog.text
+    assert [(p.actions, p.errors) for p in results] == [(0, 0), (0, 0), (1, 0), (0, 0), (0, 0)]
+    assert r.kube.names() == [
+        "get_deployment",  # first seen
+        "hpas",  # T0+3: the fresh read
+        "get_deployment",
+        "get_scale",
+        "patch_annotations",  # 409: someone wrote since
+        "hpas",  # re-read, decide again (never a blind retry)
+        "get_deployment",
+        "get_scale",
+        "patch_annotations",
+        "patch_scale",
+    ]
+    assert r.kube.replicas == 2
+    [line] = [rec for rec in caplog.records if "record changed meanwhile" in rec.getMessage()]
+    assert line.levelname == "INFO" and line.getMessage() == (
+        "scale_up 1->2: record changed meanwhile (patch deployments shop/web: 409 Conflict); "
+        "re-reading and deciding again"
     )
-    assert any("NOT applied (conflict)" in m for m in decisions(caplog))
+    assert "failed (conflict)" not in caplog.text
     labels = {"namespace": "shop", "deployment": "web", "action": "scale_up"}
-    assert metric(r, "aegisops_actions_total", {**labels, "result": "conflict"}) == 1
+    assert metric(r, "aegisops_actions_total", {**labels, "result": "conflict"}) is None
     assert metric(r, "aegisops_actions_total", {**labels, "result": "applied"}) == 1
+
+
+def test_a_second_conflict_in_the_pass_gives_up_until_the_next_pass(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    conflict = Conflict("patch deployments shop/web: 409 Conflict")
+    r = rig(kube=FakeKube())
+    r.source.surge_from = T0
+    r.passes(2, start=T0 + 1)
+
+    class Always(dict):  # type: ignore[type-arg]
+        def pop(self, key: str, *default: Any) -> Any:
+            return conflict
+
+        def __contains__(self, key: object) -> bool:
+            return key == "patch_annotations"
+
+    r.kube.fail = Always()
+    [third] = r.passes(1, start=T0 + 3)
+    assert (third.actions, third.errors) == (0, 1)  # only the second conflict is an error
+    assert r.kube.names().count("patch_annotations") == 2
+    assert "patch_scale" not in r.kube.names()
+    assert any(m.endswith("(not applied: conflict)") for m in decisions(caplog))
 
 
 def test_dry_run_changes_nothing_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
@@ -406,15 +289,16 @@ def test_run_forever_stops_on_the_event_after_the_current_pass() -> None:
 
 
 def test_resolution_is_announced_once_with_its_duration() -> None:
-    r = rig(kube=FakeKube(hpas={"web"}))  # alert-only: no scaling in the way
+    r = rig(kube=FakeKube(hpa_names={"web"}))  # alert-only: no scaling in the way
     r.source.surge_from = T0 + 1
     r.passes(5, start=T0 + 1)  # confirmed at T0 + 3
     r.source.surge_from = float("inf")
     r.passes(6, start=T0 + 6)  # three normal samples resolve it
     texts = r.notifier.texts()
-    assert len(texts) == 2
+    assert len(texts) == 3
     assert texts[0].startswith("AegisOps: Anomaly on shop/web: score ")
-    assert texts[1] == "AegisOps: Resolved on shop/web after 5 s"
+    assert texts[1].startswith("AegisOps: shop/web is managed by an HPA")
+    assert texts[2] == "AegisOps: Resolved on shop/web after 5 s"
 
 
 def test_a_failed_scale_puts_the_annotations_back_so_the_next_pass_retries(
@@ -491,23 +375,26 @@ def test_untrainable_history_is_logged_and_the_workload_learns_live(
 
 
 @pytest.mark.parametrize(
-    ("fail", "errors"),
+    ("fail", "errors", "actions"),
     [
-        ({"hpa_targets": KubeUnavailable("list horizontalpodautoscalers: 503")}, 1),
-        ({"patch_annotations": Conflict("patch deployments shop/web: 409 Conflict")}, 1),
-        ({"patch_scale": KubeUnavailable("patch deployments/scale: 503")}, 1),
+        ({"hpas": KubeUnavailable("list horizontalpodautoscalers: 503")}, 1, 0),
+        # a 409 resolved by re-reading within the pass is not an error
+        ({"patch_annotations": Conflict("patch deployments shop/web: 409 Conflict")}, 0, 1),
+        ({"patch_scale": KubeUnavailable("patch deployments/scale: 503")}, 1, 0),
     ],
 )
 def test_kubernetes_failures_count_as_pass_errors(
-    fail: dict[str, Exception], errors: int, caplog: pytest.LogCaptureFixture
+    fail: dict[str, Exception], errors: int, actions: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     r = rig(kube=FakeKube(fail=dict(fail)))
     r.source.surge_from = T0
     results = r.passes(3, start=T0 + 1)
     assert [p.errors for p in results] == [0, 0, errors]  # --once exits 1 on such a pass
-    assert re.search(rf"pass 3: 1 workloads, 1 anomalies, 0 actions, {errors} errors", caplog.text)
-    assert metric(r, "aegisops_pass_errors_total", {"stage": "kubernetes"}) == errors
+    assert re.search(
+        rf"pass 3: 1 workloads, 1 anomalies, {actions} actions, {errors} errors", caplog.text
+    )
+    assert (metric(r, "aegisops_pass_errors_total", {"stage": "kubernetes"}) or 0) == errors
 
 
 class MovingKube(FakeKube):
@@ -533,16 +420,17 @@ def test_a_409_on_the_undo_is_retried_with_the_fresh_version(
     r.source.surge_from = T0
     results = r.passes(4, start=T0 + 1)
     assert r.kube.names()[1:] == [
-        "hpa_targets",
+        "hpas",
         "get_deployment",
         "get_scale",
         "patch_annotations",  # T0+3: record the action
         "patch_scale",  # ... fails while the version moves
+        "get_scale",  # read back: still 1 replica, the scale did not happen
         "patch_annotations",  # undo: 409, stale version
         "get_deployment",  # re-read: our record, still 1 replica
         "get_scale",
         "patch_annotations",  # undo again with the fresh version
-        "hpa_targets",  # T0+4: no cooldown was kept, so it tries again
+        "hpas",  # T0+4: no cooldown was kept, so it tries again
         "get_deployment",
         "get_scale",
         "patch_annotations",
@@ -563,10 +451,11 @@ def test_when_the_failed_scale_took_effect_after_all_the_record_stays(
     r = rig(kube=kube)
     r.source.surge_from = T0
     r.passes(5, start=T0 + 1)
-    assert r.kube.names().count("patch_annotations") == 2  # record, one undo attempt (409)
+    assert r.kube.names().count("patch_annotations") == 1  # the record; read back, no undo
     assert r.kube.annotations[LAST_ACTION] == "scale_up 1->2"
     assert r.kube.replicas == 2
-    assert "replicas are 2 now (not 1): the scale took effect after all" in caplog.text
+    took = "the read-back shows it took effect: applied"
+    assert f"scale_up answered patch deployments/scale: 503, but {took}" in caplog.text
     assert "cooldown until" in decisions(caplog)[-1]
 
 
@@ -575,7 +464,10 @@ def test_an_operator_ending_the_cooldown_early_is_noticed_within_a_tenth_of_it(
 ) -> None:
     caplog.set_level(logging.INFO)
     remembered = acted_a_minute_ago()
-    r = rig(kube=FakeKube(annotations=dict(remembered), replicas=2))
+    # the surge never eases: pin the verification (give_up) past this test's end
+    policy = {"consecutive_anomalies": 3, "cooldown_seconds": 300, "verify_passes": 10}
+    config = make_config(policy=policy)
+    r = rig(kube=FakeKube(annotations=dict(remembered), replicas=2), config=config)
     r.source.surge_from = T0
     r.passes(5, start=T0 + 1)
     # kubectl annotate deploy/web aegisops.dev/cooldown-until-
@@ -599,12 +491,12 @@ def test_an_operator_scaling_down_below_max_is_noticed() -> None:
 
 
 def test_a_persistent_anomaly_on_an_hpa_managed_deployment_makes_few_calls() -> None:
-    r = rig(kube=FakeKube(hpas={"web"}))
+    r = rig(kube=FakeKube(hpa_names={"web"}))
     r.source.surge_from = T0
     results = r.passes(20, start=T0 + 1)
     assert sum(p.actions for p in results) == 0
     # read when first seen; the first proposal re-reads and learns about the HPA; then quiet
-    assert r.kube.names() == ["get_deployment", "hpa_targets", "get_deployment", "get_scale"]
+    assert r.kube.names() == ["get_deployment", "hpas", "get_deployment", "get_scale"]
     r.passes(30, start=T0 + 21)  # the HPA is re-checked every 30 s (cooldown_seconds / 10)
     assert len(r.kube.names()) == 4 + 3
 
@@ -612,7 +504,7 @@ def test_a_persistent_anomaly_on_an_hpa_managed_deployment_makes_few_calls() -> 
 @pytest.mark.parametrize("hpas", [set(), {"web"}])
 def test_the_quiet_path_makes_no_calls_with_scale_down_enabled(hpas: set[str]) -> None:
     old = {ORIGINAL_REPLICAS: "1", COOLDOWN_UNTIL: format_time(T0 - 3600)}
-    kube = FakeKube(annotations=old, replicas=3, hpas=hpas)
+    kube = FakeKube(annotations=old, replicas=3, hpa_names=hpas)
     config = make_config(
         policy={"consecutive_anomalies": 3, "cooldown_seconds": 300, "scale_down_after_seconds": 0},
         # one scale_down step per cooldown now: a step of 2 keeps this a single step 3 -> 1
@@ -620,12 +512,219 @@ def test_the_quiet_path_makes_no_calls_with_scale_down_enabled(hpas: set[str]) -
     )
     r = rig(kube=kube, config=config)
     results = r.passes(30, start=T0 + 1)
-    if hpas:  # the first restore proposal learns about the HPA; then nothing
-        assert sum(p.actions for p in results) == 0
-        assert r.kube.names() == ["get_deployment", "hpa_targets", "get_deployment", "get_scale"]
+    if hpas:  # the first restore proposal learns about the HPA: it owns replicas, release
+        assert sum(p.actions for p in results) == 1 and r.kube.replicas == 3
+        assert r.kube.names() == [
+            "get_deployment",
+            "hpas",
+            "get_deployment",
+            "get_scale",
+            "patch_annotations",
+        ]
+        assert r.kube.annotations[LAST_ACTION] == "release (hpa)"
     else:  # scaled back once; then nothing
         assert sum(p.actions for p in results) == 1 and r.kube.replicas == 1
         assert len(r.kube.names()) == 6
     calls = len(r.kube.names())
     r.passes(25, start=T0 + 31)
-    assert len(r.kube.names()) == calls + (3 if hpas else 0)  # hpa re-checked once (30 s)
+    assert len(r.kube.names()) == calls  # nothing more to restore or release
+
+
+def test_missing_data_alerts_once_after_n_passes_and_once_when_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig()
+    r.passes(2, start=T0 + 1)
+    r.source.no_data = {KEY}
+    results = r.passes(5, start=T0 + 3)
+    assert sum(p.actions for p in results) == 0
+    assert r.notifier.texts() == [
+        "AegisOps: No metrics for shop/web: no data for 3 passes in a row; "
+        "no action is taken without data"
+    ]
+    assert (
+        "no data for 3 passes in a row; no action is taken without data (alert metrics_missing)"
+        in caplog.text
+    )
+    assert sum(m.endswith("-> none: no data") for m in decisions(caplog)) == 5
+    r.source.no_data = set()
+    r.passes(3, start=T0 + 8)
+    assert r.notifier.texts()[1:] == ["AegisOps: Metrics are back for shop/web: data is back"]
+
+
+def test_a_short_gap_in_the_data_says_nothing() -> None:
+    r = rig()
+    r.source.no_data = {KEY}
+    r.passes(2, start=T0 + 1)
+    r.source.no_data = set()
+    r.passes(3, start=T0 + 3)
+    assert r.notifier.texts() == []
+
+
+def test_prometheus_down_alerts_once_after_n_passes_and_once_when_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    r = rig()
+    r.source.down = True
+    results = r.passes(6, start=T0 + 1)
+    assert [p.errors for p in results] == [1] * 6
+    assert r.kube.calls == []
+    assert r.notifier.texts() == [
+        "AegisOps: Prometheus is unreachable: Prometheus queries failed 3 passes in a row; "
+        "no decisions meanwhile"
+    ]
+    r.source.down = False
+    r.passes(2, start=T0 + 7)
+    assert r.notifier.texts()[1:] == ["AegisOps: Prometheus is back: Prometheus answers again"]
+    assert "Prometheus answers again (alert prometheus_back)" in caplog.text
+
+
+def test_a_follower_scores_and_decides_but_makes_no_call_and_sends_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    leader = FakeLeader(leader=False)
+    r = rig(leader=leader)
+    r.source.surge_from = T0
+    results = r.passes(6, start=T0 + 1)
+    assert [p.actions for p in results] == [0] * 6
+    assert r.kube.calls == [] and r.notifier.sent == []
+    lines = decisions(caplog)
+    assert all(m.startswith("standby ") for m in lines[1:])
+    assert any(m.endswith("(not applied: standby, not the leader)") for m in lines)
+    assert metric(r, "aegisops_leader") == 0
+    assert re.search(r"standby pass 6: 1 workloads, 1 anomalies, 0 actions", caplog.text)
+    # another engine (the old leader) scaled meanwhile; this one takes over the lease
+    r.kube.annotations.update(acted_a_minute_ago())
+    r.kube.replicas = 2
+    leader.leader = True
+    r.passes(3, start=T0 + 7)
+    assert "became leader: re-reading every Deployment before acting" in caplog.text
+    assert r.kube.names() == ["get_deployment"]  # re-read: the cooldown holds, no action
+    assert "cooldown until " + format_time(T0 + 240) in decisions(caplog)[-1]
+    assert metric(r, "aegisops_leader") == 1
+
+
+def test_becoming_leader_drops_the_cached_facts_and_losing_it_stops_the_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    leader = FakeLeader(leader=True)
+    r = rig(leader=leader)
+    r.passes(2, start=T0 + 1)
+    assert r.kube.names() == ["get_deployment"]
+    leader.leader = False
+    r.passes(2, start=T0 + 3)
+    assert "not the leader (any more): standby, no Kubernetes call, no Slack" in caplog.text
+    leader.leader = True
+    r.passes(1, start=T0 + 5)
+    assert r.kube.names() == ["get_deployment", "get_deployment"]
+
+
+def test_discovery_adds_opted_in_deployments_and_drops_those_losing_the_label(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    kube = MultiKube(("web", "api", "db"))
+    enabled = {"aegisops.dev/enabled": "true"}
+    kube.kubes["web"].labels = dict(enabled)  # also configured: the config's bounds win
+    kube.kubes["api"].labels = dict(enabled)
+    kube.kubes["api"].annotations = {
+        "aegisops.dev/min-replicas": "2",
+        "aegisops.dev/max-replicas": "6",
+        "aegisops.dev/scale-step": "two",
+    }
+    discovery = {
+        "label_selector": "aegisops.dev/enabled=true",
+        "namespaces": ["shop"],
+        "interval_seconds": 10,
+    }
+    r = rig(kube=kube, config=make_config(discovery=discovery))
+    r.passes(1, start=T0 + 1)
+    assert list(r.engine.workloads) == [KEY, "shop/api"]
+    assert r.source.targets == (KEY, "shop/api")
+    api = r.engine.workloads["shop/api"].target
+    assert (api.min_replicas, api.max_replicas, api.scale_step) == (2, 6, 1)
+    assert r.engine.workloads[KEY].target.max_replicas == 4  # from the config
+    assert decisions(caplog, "shop/api")[:3] == [
+        "annotation aegisops.dev/scale-step: 'two' is not a valid count; using 1",
+        "discovered: joins the passes (replicas 2..6, step 1)",
+        "trained from history: 50 of 50 points usable, ready (baseline 40 samples)",
+    ]
+    assert r.source.calls[:3] == ["history", "history", "sample"]  # at start; when it joins
+    assert r.engine.workloads["shop/api"].detector.ready
+    assert sum("trained" in m for m in decisions(caplog)) == 1  # web: at start, not again
+    r.passes(9, start=T0 + 2)  # listed again only every 10 s
+    lists = [call for name, call in kube.calls if call.startswith("list_deployments")]
+    assert lists == ["list_deployments shop aegisops.dev/enabled=true"]
+    kube.kubes["api"].labels = {}  # kubectl label deploy/api aegisops.dev/enabled-
+    r.passes(1, start=T0 + 11)
+    assert list(r.engine.workloads) == [KEY]
+    assert decisions(caplog, "shop/api")[-1] == (
+        "no longer matches discovery.label_selector: dropped"
+    )
+
+
+def test_discovery_is_the_leaders_job() -> None:
+    discovery = {"label_selector": "aegisops.dev/enabled=true", "namespaces": ["shop"]}
+    kube = MultiKube(("web", "api"))
+    leader = FakeLeader(leader=True)
+    kube.kubes["api"].labels = {"aegisops.dev/enabled": "true"}
+    r = rig(kube=kube, config=make_config(discovery=discovery), leader=leader)
+    r.passes(1, start=T0 + 1)
+    leader.leader = False
+    kube.calls.clear()
+    kube.kubes["db"] = FakeKube(labels={"aegisops.dev/enabled": "true"})
+    r.passes(3, start=T0 + 2)
+    assert kube.calls == []  # a follower: not even a list
+    leader.leader = True
+    r.passes(1, start=T0 + 5)  # a new leader discovers at once (not 60 s later)
+    assert kube.calls[0] == ("*", "list_deployments shop aegisops.dev/enabled=true")
+    assert list(r.engine.workloads) == [KEY, "shop/api", "shop/db"]
+    assert r.engine.workloads["shop/db"].detector.ready  # trained from history at once
+
+
+class LeaseLostOnRead(FakeKube):
+    """The lease expires while the fresh Scale is read (a slow call), just before the write."""
+
+    leader: FakeLeader | None = None
+
+    def get_scale(self, *, namespace: str, name: str) -> ScaleInfo:
+        scale = super().get_scale(namespace=namespace, name=name)
+        if self.leader is not None and self.names().count("get_scale") == 1:
+            self.leader.leader = False
+        return scale
+
+
+def test_a_lease_lost_right_before_the_write_means_no_write_and_no_slack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    leader, kube = FakeLeader(leader=True), LeaseLostOnRead()
+    kube.leader = leader
+    r = rig(leader=leader, kube=kube)
+    r.source.surge_from = T0
+    r.passes(3, start=T0 + 1)  # the action pass: the lease goes during the fresh read
+    assert r.kube.names() == ["get_deployment", "hpas", "get_deployment", "get_scale"]
+    [anomaly] = r.notifier.texts()  # sent while it still led; no action message after
+    assert anomaly.startswith("AegisOps: Anomaly on shop/web: score ")
+    assert "lost the lease during the pass: not acting" in caplog.text
+    assert decisions(caplog)[-1].endswith("(not applied: standby, not the leader)")
+
+
+def test_a_lease_lost_during_the_query_means_no_call_and_no_slack() -> None:
+    leader = FakeLeader(leader=True)
+    r = rig(leader=leader)
+    r.source.surge_from = T0
+    r.passes(2, start=T0 + 1)
+    sample = r.source.sample
+
+    def slow_sample(now: float) -> Sample:  # the lease runs out while Prometheus answers
+        leader.leader = False
+        return sample(now)
+
+    r.source.sample = slow_sample  # type: ignore[method-assign]
+    r.passes(1, start=T0 + 3)
+    assert r.kube.names() == ["get_deployment"] and r.notifier.sent == []

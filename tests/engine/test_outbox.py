@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from aegisops.config import ConfigError, Secret, SlackConfig, parse_config
-from aegisops.notify import RETRYABLE, SENT, Attempt, Outbox, SlackNotifier
+from aegisops.notify import RETRYABLE, SENT, Attempt, SlackNotifier
+from aegisops.outbox import Outbox
 from aegisops.selfmetrics import SelfMetrics
 from sandbox.procs import wait_until
 from sandbox.slack import WEBHOOK_PATH, SlackReceiver
@@ -72,7 +73,7 @@ class Harness:
         return [
             (r.levelname, r.getMessage())
             for r in self.caplog.records
-            if r.name == "aegisops.notify" and r.levelno >= logging.INFO
+            if r.name in ("aegisops.notify", "aegisops.outbox") and r.levelno >= logging.INFO
         ]
 
     def sample(self, name: str, **labels: str) -> float | None:

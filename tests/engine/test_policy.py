@@ -504,6 +504,20 @@ def test_latency_not_easing_after_verify_passes_gives_up() -> None:
     )
 
 
+def test_verify_passes_count_from_when_the_new_pods_are_ready() -> None:
+    w = Workload()
+    w.feed(hot, 3)
+    w.kw["ready_replicas"] = 1
+    waiting = w.feed(hot, 6)  # the new pod starts: nothing to judge yet
+    assert [d.action for d in waiting] == ["none"] * 6
+    assert w.state.verify is not None and w.state.verify.passes == 0
+    w.kw["ready_replicas"] = 2
+    judged = w.feed(hot, 5)
+    assert [d.action for d in judged] == ["none"] * 4 + ["give_up"]
+    assert judged[-1].alert == "not_helping"
+    assert "5 samples after scale_up 1->2" in judged[-1].reason
+
+
 def test_latency_halved_passes_the_verification() -> None:
     w = Workload()
     w.feed(hot, 3)
@@ -664,8 +678,9 @@ def test_no_scale_up_while_the_last_one_is_being_verified() -> None:
         (12, "rollback", 1, None),
     ]
     assert decisions[5].reason.endswith("; cooldown until 2025-11-26T10:01:45Z")
-    assert decisions[6].reason.endswith("; verifying scale_up 1->2: ready 1/2, pass 4/5")
-    assert decisions[10].reason.endswith("; verifying scale_up 1->2: ready 1/2, pass 5/5")
+    # passes are not counted while the new pod is not ready
+    assert decisions[6].reason.endswith("; verifying scale_up 1->2: ready 1/2, pass 0/5")
+    assert decisions[10].reason.endswith("; verifying scale_up 1->2: ready 1/2, pass 0/5")
     assert decisions[11].memory.rollback_to == 1
     assert w.replicas == 1
 

@@ -196,9 +196,17 @@ class KubeClient:
     # -- access review (aegisops check) ----------------------------------------------
 
     def can_i(
-        self, *, verb: str, group: str, resource: str, subresource: str = "", namespace: str
+        self,
+        *,
+        verb: str,
+        group: str,
+        resource: str,
+        subresource: str = "",
+        namespace: str,
+        name: str = "",
     ) -> bool:
-        """SelfSubjectAccessReview: may this identity do `verb` on the resource?"""
+        """SelfSubjectAccessReview: may this identity do `verb` on the resource (`name`: on
+        that one object, for rules limited by resourceNames)?"""
         review = client.V1SelfSubjectAccessReview(
             spec=client.V1SelfSubjectAccessReviewSpec(
                 resource_attributes=client.V1ResourceAttributes(
@@ -207,6 +215,7 @@ class KubeClient:
                     resource=resource,
                     subresource=subresource or None,
                     namespace=namespace,
+                    name=name or None,
                 )
             )
         )

@@ -25,6 +25,7 @@ class DeploymentInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     ready_replicas: int = 0  # status.readyReplicas; absent (none ready) is 0
     generation: int = 0
+    restarted_at: str | None = None  # the pod template's kubectl.kubernetes.io/restartedAt
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def deployment_info(deployment: Any) -> DeploymentInfo:
     status = deployment.status
     replicas = spec.replicas if spec is not None and spec.replicas is not None else 1
     ready = status.ready_replicas if status is not None and status.ready_replicas else 0
+    template = spec.template if spec is not None else None
+    stamps = template.metadata.annotations if template and template.metadata else None
     return DeploymentInfo(
         annotations=dict(metadata.annotations or {}) if metadata else {},
         resource_version=rv(metadata),
@@ -90,6 +93,7 @@ def deployment_info(deployment: Any) -> DeploymentInfo:
         labels=dict(metadata.labels or {}) if metadata else {},
         ready_replicas=int(ready),
         generation=int(metadata.generation or 0) if metadata else 0,
+        restarted_at=(stamps or {}).get("kubectl.kubernetes.io/restartedAt"),
     )
 
 
