@@ -115,7 +115,7 @@ def _base_config(world: World, *, prometheus_url: str | None) -> dict[str, Any]:
         },
         # verify_passes 60: the surge test's load saturates even 2 replicas, so a scale-up
         # would be judged "not helping" after the default 5 passes; verification, give_up and
-        # rollback are covered in tests/engine/test_act.py
+        # rollback are covered in tests/engine/test_act.py and tests/e2e/test_safety_e2e.py
         "policy": {"consecutive_anomalies": 4, "cooldown_seconds": 600, "verify_passes": 60},
         "targets": [
             {
