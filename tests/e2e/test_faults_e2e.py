@@ -67,7 +67,6 @@ def test_prometheus_slack_and_kubernetes_faults_in_one_run(
         targets={"max_replicas": 2},
         kubernetes={"timeout_seconds": 2, "recheck_gone_seconds": 3},
         slack={"max_retries": 5, "max_retry_wait_seconds": 10},
-        policy={"verify_passes": 60},  # the fault run is not about verification
     )
     engine = EngineProcess(world=world, config=config, workdir=tmp_path, name="faults")
     engines.append(engine.start())
@@ -129,24 +128,20 @@ def test_prometheus_slack_and_kubernetes_faults_in_one_run(
     assert engine.lines(r" -> (scale_up|scale_down|rollback|give_up)", after=0) == []
     assert writes(world, after=quiet) == []  # nothing on missing data, surge or not
 
-    # -- Kubernetes faults on the way to the one scale-up the surge deserves:
-    # 409 on the record (re-read, decide again once), 403 on the scale (permission named,
-    # record put back), 429 with Retry-After and 503 on the scale (backoff), then success.
+    # -- Kubernetes faults on the way to the one scale-up the surge deserves: 409 on the
+    # record (re-read, decide again once), 429 with Retry-After and 503 on the scale
+    # (backoff; the record put back each time), then success.
     api = world.api
     conflict = api.inject(verb="patch", path=RECORD_PATH, status=409, user=ENGINE_USER)
-    forbidden = api.inject(verb="patch", path=SCALE_PATH, status=403, user=ENGINE_USER)
     limited = api.inject(verb="patch", path=SCALE_PATH, status=429, retry_after=2, user=ENGINE_USER)
     unavailable = api.inject(verb="patch", path=SCALE_PATH, status=503, user=ENGINE_USER)
     at = engine.mark()
     proxy.set_mode("ok")
     wait_slack(world, f"AegisOps: Metrics are back for {WORKLOAD}")
     engine.wait_lines(DECISION + r"scale_up 1->2: ", timeout=90, after=at)
-    assert (conflict.fired, forbidden.fired, limited.fired, unavailable.fired) == (1, 1, 1, 1)
-    engine.wait_lines(r"re-reading and deciding again after the conflict", timeout=5, after=at)
-    [denied] = engine.wait_lines(r"forbidden: the engine may not ", timeout=5, after=at)
-    assert PERMISSION in denied
-    [alert] = wait_slack(world, f"AegisOps: AegisOps is not allowed to act on {WORKLOAD}: ")
-    assert PERMISSION in alert
+    assert (conflict.fired, limited.fired, unavailable.fired) == (1, 1, 1)
+    [raced] = engine.wait_lines(r"scale_up 1->2: record changed meanwhile \(", timeout=5, after=at)
+    assert "409 Conflict" in raced and raced.endswith("; re-reading and deciding again"), raced
     limited_line, unavailable_line = engine.wait_lines(
         r"Kubernetes API unavailable \(.*\): no Kubernetes call for \d+s \(backoff\)",
         count=2,
@@ -158,11 +153,16 @@ def test_prometheus_slack_and_kubernetes_faults_in_one_run(
     assert "patch deployments/scale aegisops/aegisops-app: 503 " in unavailable_line
     engine.wait_lines(r"Kubernetes API answers again; backoff over", count=2, timeout=5, after=at)
     engine.wait_lines(
-        r"annotations put back; the next pass may try again", count=3, timeout=5, after=at
+        r"annotations put back; the next pass may try again", count=2, timeout=5, after=at
     )
     assert [e.body for e in scale_patches(world, after=quiet)] == [{"spec": {"replicas": 2}}]
 
-    # -- 404: the Deployment's GET (a re-read in the cooldown) answers 404: dropped, then back.
+    # The only scale PATCH still to come is the rollback (max 2, and no scale-up after a
+    # give_up): it will be refused.
+    forbidden = api.inject(verb="patch", path=SCALE_PATH, status=403, user=ENGINE_USER)
+
+    # -- 404: the Deployment's GET (a re-read while the scale-up is verified) answers 404:
+    # dropped from the passes, then found again.
     at = engine.mark()
     gone = api.inject(verb="get", path=RECORD_PATH, status=404, user=ENGINE_USER)
     engine.wait_lines(
@@ -176,7 +176,7 @@ def test_prometheus_slack_and_kubernetes_faults_in_one_run(
 
     # -- Slow Kubernetes GETs, beyond the 2 s client timeout: backoff, then over.
     at = engine.mark()
-    api.inject(verb="get", path=RECORD_PATH, latency=3, times=None, user=ENGINE_USER)
+    slow_get = api.inject(verb="get", path=RECORD_PATH, latency=3, times=None, user=ENGINE_USER)
     [timed_out] = engine.wait_lines(
         r"Kubernetes API unavailable \(.*\): no Kubernetes call for \d+s \(backoff\)",
         timeout=30,
@@ -185,20 +185,34 @@ def test_prometheus_slack_and_kubernetes_faults_in_one_run(
     assert "get deployments aegisops/aegisops-app: " in timed_out
     assert "Read timed out" in timed_out, timed_out
     passes_go_on(engine, after=at)
-    api.clear_faults()
+    slow_get.times = slow_get.fired  # disarmed: no further request is delayed
     engine.wait_lines(r"Kubernetes API answers again; backoff over", timeout=60, after=at)
+
+    # -- 403 on the way back: at max replicas and still saturated, the scale-up is judged
+    # not helping; its rollback's scale PATCH is refused: the permission is named, the
+    # record put back, one alert, and the workload held (no attempt, no read per pass).
+    engine.wait_lines(DECISION + r"give_up: ", timeout=40)
+    [denied] = engine.wait_lines(r"forbidden: the engine may not ", timeout=40)
+    assert forbidden.fired == 1
+    assert f"may not {PERMISSION} (grant it in its Role; " in denied
+    assert re.search(r"; no action attempt on this workload until \S+$", denied), denied
+    [alert] = wait_slack(world, f"AegisOps: AegisOps is not allowed to act on {WORKLOAD}: ")
+    assert alert.startswith(
+        f"AegisOps: AegisOps is not allowed to act on {WORKLOAD}: the engine may not {PERMISSION}"
+    )
+    engine.wait_lines(r"annotations put back; the next pass may try again", count=3, timeout=5)
+    engine.wait_lines(
+        DECISION + r"none: .*rollback 2->1 \(not applied: forbidden, held until \S+\)$",
+        count=2,
+        timeout=30,
+    )
+    world.set_load(Steady(rps=10.0))  # a head start for the next test's calm world
     passes_go_on(engine, after=engine.mark())
     assert engine.stop() == 0
 
-    # Every replica count written in [1, 2]; no record applied twice; the one scale-up.
-    assert assert_scales_bounded_and_once(world, after=mark, low=1, high=2)[:1] == [2]
-    assert (
-        engine.lines(r"scale_up 1->2: ", after=0)
-        and len(
-            [e for e in scale_patches(world, after=mark) if e.body == {"spec": {"replicas": 2}}]
-        )
-        == 1
-    )
+    # Every replica count written in [1, 2]; no record applied twice; the one scale-up, and
+    # the rollback never applied (refused).
+    assert assert_scales_bounded_and_once(world, after=mark, low=1, high=2) == [2]
     faulted = [e for e in writes(world, after=mark) if e.fault]
     assert sorted(e.code for e in faulted) == [403, 409, 429, 503]
     texts = slack_texts(world)
