@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +58,24 @@ def deployment(name: str, *, namespace: str = NS, replicas: int = 1) -> dict[str
     }
 
 
+@contextmanager
+def api_server(rbac_files: list[Path]) -> Iterator[KubeAPIServer]:
+    """The emulator over TLS with `rbac_files`, the engine's token and the namespace NS."""
+    with KubeAPIServer(tls=True, rbac_files=rbac_files, tokens={TOKEN: ENGINE_USER}) as server:
+        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        yield server
+
+
 @pytest.fixture(scope="module")
 def api() -> Iterator[KubeAPIServer]:
-    rbac = [RBAC, *EXAMPLES]
-    with KubeAPIServer(tls=True, rbac_files=rbac, tokens={TOKEN: ENGINE_USER}) as server:
-        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    with api_server([RBAC, *EXAMPLES]) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def bare_api() -> Iterator[KubeAPIServer]:
     """kubernetes/rbac.yaml alone: what the engine may do without the opt-in examples."""
-    with KubeAPIServer(tls=True, rbac_files=[RBAC], tokens={TOKEN: ENGINE_USER}) as server:
-        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    with api_server([RBAC]) as server:
         yield server
 
 
@@ -94,11 +100,17 @@ def settings(
     )
 
 
+@contextmanager
+def in_pod(server: KubeAPIServer, sa_dir: Path) -> Iterator[KubeClient]:
+    """The engine's client as in a pod: service-account files + KUBERNETES_SERVICE_*."""
+    env = server.incluster_files(sa_dir, token=TOKEN)
+    with KubeClient(config=settings(sa_dir=sa_dir), environ=env) as kube:
+        yield kube
+
+
 @pytest.fixture
 def incluster(api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
-    """The engine's client as in a pod: service-account files + KUBERNETES_SERVICE_*."""
-    env = api.incluster_files(tmp_path / "sa", token=TOKEN)
-    with KubeClient(config=settings(sa_dir=tmp_path / "sa"), environ=env) as kube:
+    with in_pod(api, tmp_path / "sa") as kube:
         yield kube
 
 
@@ -289,8 +301,7 @@ def hpa_manifest(
 
 @pytest.fixture
 def bare(bare_api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
-    env = bare_api.incluster_files(tmp_path / "bare-sa", token=TOKEN)
-    with KubeClient(config=settings(sa_dir=tmp_path / "bare-sa"), environ=env) as kube:
+    with in_pod(bare_api, tmp_path / "bare-sa") as kube:
         yield kube
 
 
