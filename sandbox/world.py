@@ -98,6 +98,30 @@ def app_deployment(*, spec: AppSpec) -> dict[str, Any]:
     }
 
 
+def hpa_manifest(
+    *,
+    min_replicas: int | None,
+    max_replicas: int,
+    name: str = DEPLOYMENT,
+    target: str = DEPLOYMENT,
+    kind: str = "Deployment",
+    namespace: str = NAMESPACE,
+) -> dict[str, Any]:
+    """An autoscaling/v2 HPA on `kind` `target` (min_replicas None: the field left out)."""
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target},
+        "maxReplicas": max_replicas,
+    }
+    if min_replicas is not None:
+        spec["minReplicas"] = min_replicas
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
 class World(Managed):
     """Emulator + Prometheus + process-backed aegisops-app + Slack receiver (+ load)."""
 
@@ -267,18 +291,7 @@ class World(Managed):
         self, *, min_replicas: int | None, max_replicas: int, name: str = DEPLOYMENT
     ) -> dict[str, Any]:
         """Create an autoscaling/v2 HPA on aegisops-app (as the admin); returns it as stored."""
-        spec: dict[str, Any] = {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOYMENT},
-            "maxReplicas": max_replicas,
-        }
-        if min_replicas is not None:
-            spec["minReplicas"] = min_replicas
-        hpa: Any = {
-            "apiVersion": "autoscaling/v2",
-            "kind": "HorizontalPodAutoscaler",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": spec,
-        }
+        hpa = hpa_manifest(name=name, min_replicas=min_replicas, max_replicas=max_replicas)
         response: Any = k8s.AutoscalingV2Api(
             self.api_client
         ).create_namespaced_horizontal_pod_autoscaler(

@@ -28,6 +28,7 @@ from aegisops.kube import (
 )
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import free_port
+from sandbox.world import hpa_manifest
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "kubernetes"
 RBAC = MANIFESTS / "rbac.yaml"
@@ -282,23 +283,6 @@ def test_can_i_reflects_the_role(api: KubeAPIServer, incluster: KubeClient) -> N
     assert not can("update", "apps", "deployments", "scale")
 
 
-def hpa_manifest(
-    name: str, *, target: str, min_replicas: int | None = 1, kind: str = "Deployment"
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target},
-        "maxReplicas": 4,
-    }
-    if min_replicas is not None:
-        spec["minReplicas"] = min_replicas
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
-    }
-
-
 @pytest.fixture
 def bare(bare_api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
     with in_pod(bare_api, tmp_path / "bare-sa") as kube:
@@ -359,9 +343,22 @@ def test_restart_stamps_the_pod_template_like_kubectl_rollout_restart(
 def test_hpas_are_keyed_by_target_with_the_api_default_min(
     api: KubeAPIServer, incluster: KubeClient
 ) -> None:
-    api.create(hpa_manifest("web-hpa", target="web", min_replicas=None))
-    api.create(hpa_manifest("api-hpa", target="api", min_replicas=2))
-    api.create(hpa_manifest("set-hpa", target="db", kind="StatefulSet"))
+    api.create(
+        hpa_manifest(name="web-hpa", target="web", min_replicas=None, max_replicas=4, namespace=NS)
+    )
+    api.create(
+        hpa_manifest(name="api-hpa", target="api", min_replicas=2, max_replicas=4, namespace=NS)
+    )
+    api.create(
+        hpa_manifest(
+            name="set-hpa",
+            target="db",
+            kind="StatefulSet",
+            min_replicas=1,
+            max_replicas=4,
+            namespace=NS,
+        )
+    )
     try:
         found = incluster.hpas(namespace=NS)
         targets = incluster.hpa_targets(namespace=NS)
@@ -379,7 +376,9 @@ def test_hpas_are_keyed_by_target_with_the_api_default_min(
 
 
 def test_patch_hpa_min_sends_exactly_the_floor(api: KubeAPIServer, incluster: KubeClient) -> None:
-    api.create(hpa_manifest("web-hpa", target="web", min_replicas=1))
+    api.create(
+        hpa_manifest(name="web-hpa", target="web", min_replicas=1, max_replicas=4, namespace=NS)
+    )
     api.clear_requests()
     try:
         info = incluster.patch_hpa_min(namespace=NS, name="web-hpa", min_replicas=3)
