@@ -98,6 +98,36 @@ def app_deployment(*, spec: AppSpec) -> dict[str, Any]:
     }
 
 
+def hpa_manifest(
+    *,
+    min_replicas: int | None,
+    max_replicas: int,
+    name: str = DEPLOYMENT,
+    target: str = DEPLOYMENT,
+    kind: str = "Deployment",
+    namespace: str = NAMESPACE,
+) -> dict[str, Any]:
+    """An autoscaling/v2 HPA on `kind` `target` (min_replicas None: the field left out)."""
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target},
+        "maxReplicas": max_replicas,
+    }
+    if min_replicas is not None:
+        spec["minReplicas"] = min_replicas
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def _plain(response: Any) -> dict[str, Any]:
+    """A response read with `_preload_content=False`: plain JSON, no model round trip."""
+    result: dict[str, Any] = json.loads(response.data)
+    return result
+
+
 class World(Managed):
     """Emulator + Prometheus + process-backed aegisops-app + Slack receiver (+ load)."""
 
@@ -243,11 +273,11 @@ class World(Managed):
 
     def deployment(self) -> dict[str, Any]:
         """The aegisops-app Deployment as the API serves it (plain JSON)."""
-        response: Any = self.apps.read_namespaced_deployment(
-            DEPLOYMENT, NAMESPACE, _preload_content=False, _request_timeout=10
-        )  # raw urllib3 response: plain JSON, no model round trip
-        result: dict[str, Any] = json.loads(response.data)
-        return result
+        return _plain(
+            self.apps.read_namespaced_deployment(
+                DEPLOYMENT, NAMESPACE, _preload_content=False, _request_timeout=10
+            )
+        )
 
     def scale(self, replicas: int) -> None:
         """Set aegisops-app's replicas through the scale subresource, as the admin."""
@@ -267,40 +297,28 @@ class World(Managed):
         self, *, min_replicas: int | None, max_replicas: int, name: str = DEPLOYMENT
     ) -> dict[str, Any]:
         """Create an autoscaling/v2 HPA on aegisops-app (as the admin); returns it as stored."""
-        spec: dict[str, Any] = {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": DEPLOYMENT},
-            "maxReplicas": max_replicas,
-        }
-        if min_replicas is not None:
-            spec["minReplicas"] = min_replicas
-        hpa: Any = {
-            "apiVersion": "autoscaling/v2",
-            "kind": "HorizontalPodAutoscaler",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": spec,
-        }
-        response: Any = k8s.AutoscalingV2Api(
-            self.api_client
-        ).create_namespaced_horizontal_pod_autoscaler(
-            NAMESPACE, hpa, _preload_content=False, _request_timeout=10
+        hpa = hpa_manifest(name=name, min_replicas=min_replicas, max_replicas=max_replicas)
+        return _plain(
+            self._autoscaling().create_namespaced_horizontal_pod_autoscaler(
+                NAMESPACE, hpa, _preload_content=False, _request_timeout=10
+            )
         )
-        created: dict[str, Any] = json.loads(response.data)
-        return created
 
     def delete_hpa(self, name: str = DEPLOYMENT) -> None:
-        k8s.AutoscalingV2Api(self.api_client).delete_namespaced_horizontal_pod_autoscaler(
+        self._autoscaling().delete_namespaced_horizontal_pod_autoscaler(
             name, NAMESPACE, _request_timeout=10
         )
 
     def hpa(self, name: str = DEPLOYMENT) -> dict[str, Any]:
         """The HPA as the API serves it (plain JSON)."""
-        response: Any = k8s.AutoscalingV2Api(
-            self.api_client
-        ).read_namespaced_horizontal_pod_autoscaler(
-            name, NAMESPACE, _preload_content=False, _request_timeout=10
+        return _plain(
+            self._autoscaling().read_namespaced_horizontal_pod_autoscaler(
+                name, NAMESPACE, _preload_content=False, _request_timeout=10
+            )
         )
-        result: dict[str, Any] = json.loads(response.data)
-        return result
+
+    def _autoscaling(self) -> Any:
+        return k8s.AutoscalingV2Api(self.api_client)
 
     def wait_for(
         self, predicate: Callable[[], T], *, timeout: float, message: str = "condition"

@@ -259,15 +259,9 @@ class LeaderElector:
             transitions=current.transitions if mine else current.transitions + 1,
             resource_version=current.resource_version,
         )
-        try:
-            written = self._kube.replace_lease(
-                namespace=params.namespace, name=params.lease_name, lease=record
-            )
-        except Conflict:
-            self._renewed_at = None
-            return "another engine wrote the lease first (409)"
-        self._won(written, started)
-        return ""
+        return self._claim(
+            write=self._kube.replace_lease, record=record, started=started, verb="wrote"
+        )
 
     def _create(self, started: float) -> str:
         params = self._params
@@ -279,13 +273,20 @@ class LeaderElector:
             renew_time=_at(wall),
             transitions=0,
         )
+        return self._claim(
+            write=self._kube.create_lease, record=record, started=started, verb="created"
+        )
+
+    def _claim(
+        self, *, write: Callable[..., LeaseInfo], record: LeaseInfo, started: float, verb: str
+    ) -> str:
+        """Write `record` (create or replace); a 409: another engine `verb` it first."""
+        params = self._params
         try:
-            written = self._kube.create_lease(
-                namespace=params.namespace, name=params.lease_name, lease=record
-            )
+            written = write(namespace=params.namespace, name=params.lease_name, lease=record)
         except Conflict:
             self._renewed_at = None
-            return "another engine created the lease first (409)"
+            return f"another engine {verb} the lease first (409)"
         self._won(written, started)
         return ""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from aegisops.detector import Observation
+from aegisops.facts import Action, AlertKind, Facts
 from aegisops.incident import (
     HPA_MODES,
     HpaView,
@@ -43,7 +44,7 @@ from aegisops.memory import (
     memory_to_annotations,
     parse_time,
 )
-from aegisops.rules import Action, AlertKind, Facts, weigh
+from aegisops.rules import weigh
 from aegisops.shape import (
     LOAD_SIGNALS,
     P95,

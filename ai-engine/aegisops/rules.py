@@ -2,78 +2,20 @@
 
 `weigh` takes the facts of one observation (after the streaks moved) and returns what
 to do: an action with the record to write, or a hold with its reason and alert kind.
+Rule 3 (verifying a scale_up) lives in aegisops.verification; `Facts` and `Out` in
+aegisops.facts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
-from aegisops.detector import Observation
-from aegisops.incident import HpaView, Limits, PolicyParams, PolicyState, Verify, status_reason
-from aegisops.memory import PAUSED, Memory, format_time
-from aegisops.shape import P95, WHY, Shape, counts, describe, material, p95_excess
-
-Action = Literal[
-    "none",
-    "alert",
-    "scale_up",
-    "scale_down",
-    "rollback",
-    "restart",
-    "hpa_raise",
-    "hpa_restore",
-    "give_up",
-    "release",
-]
-AlertKind = Literal["no_scale", "not_helping", "not_ready", "hands_off", "at_max", "hpa", "paused"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Facts:
-    """What one decision knows: the observation, the cluster as last read, the state
-    after the streaks moved, and the observation's shape (None when it does not count)."""
-
-    observation: Observation
-    now: float
-    replicas: int
-    memory: Memory
-    limits: Limits
-    params: PolicyParams
-    hpa_managed: bool
-    hpa: HpaView | None
-    ready_replicas: int | None
-    paused: bool
-    state: PolicyState
-    shape: Shape | None
-
-    @property
-    def cooling(self) -> bool:
-        until = self.memory.cooldown_until
-        return until is not None and self.now < until
-
-    @property
-    def calm_for(self) -> float:
-        """Seconds since the last surge-shaped sample (or since the first one seen)."""
-        clock = self.state.calm_clock
-        return 0.0 if clock is None else self.now - clock
-
-    def seen(self) -> str:
-        return f"{describe(self.observation)} for {self.state.anomalous_streak} consecutive samples"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Out:
-    """What a rule decided: the action, the record and state to carry, the alert kind."""
-
-    action: Action
-    replicas_after: int
-    reason: str
-    memory: Memory
-    state: PolicyState
-    alert: AlertKind | None = None
-    hpa_min_after: int | None = None
+from aegisops.facts import Action, AlertKind, Facts, Out, mark_sent
+from aegisops.incident import HpaView, Verify, status_reason
+from aegisops.memory import PAUSED, format_time
+from aegisops.shape import P95, WHY, describe, material
+from aegisops.verification import verify, verifying
 
 
 def weigh(f: Facts, *, acting: bool) -> Out:
@@ -88,7 +30,7 @@ def weigh(f: Facts, *, acting: bool) -> Out:
     released = _hands_off(f)  # 2
     if released is not None:
         return released
-    f, verdict = _verify(f)  # 3, on every pass while a scale_up is verified, cooldown or not
+    f, verdict = verify(f)  # 3, on every pass while a scale_up is verified, cooldown or not
     if verdict is not None:
         return verdict
     held = _on_incident(f) if acting else None  # 4, 5, 6
@@ -107,13 +49,9 @@ def _hold(f: Facts, reason: str, alert: AlertKind | None) -> Out:
         replicas_after=f.replicas,
         reason=reason,
         memory=f.memory,
-        state=_sent(f.state, send),
+        state=mark_sent(f.state, send),
         alert=send,
     )
-
-
-def _sent(state: PolicyState, kind: AlertKind | None) -> PolicyState:
-    return state if kind is None else replace(state, alerts_sent=state.alerts_sent | {kind})
 
 
 def _act(f: Facts, action: Action, after: int, reason: str, **memory: object) -> Out:
@@ -137,7 +75,7 @@ def _act(f: Facts, action: Action, after: int, reason: str, **memory: object) ->
 def _alerting(out: Out, kind: AlertKind, note: str) -> Out:
     """`out` with its alert kind (recorded as sent) and last-action `note`."""
     memory = replace(out.memory, last_action=note)
-    return replace(out, alert=kind, state=_sent(out.state, kind), memory=memory)
+    return replace(out, alert=kind, state=mark_sent(out.state, kind), memory=memory)
 
 
 CLEARED = {"original_replicas": None, "replicas_set": None, "rollback_to": None}
@@ -197,7 +135,7 @@ def _on_incident(f: Facts) -> Out:
     if f.cooling:
         return _hold(f, f"{seen}; cooldown until {format_time(memory.cooldown_until or 0)}", None)
     if f.state.verify is not None:  # a cooldown shorter than the check: still no new step
-        return _hold(f, f"{seen}; {_verifying(f, f.state.verify)}", None)
+        return _hold(f, f"{seen}; {verifying(f, f.state.verify)}", None)
     if _relieved(f):
         return _hold(
             f, f"{seen}; p95 latency back at baseline since the last scale_up, holding", None
@@ -213,14 +151,6 @@ def _on_incident(f: Facts) -> Out:
         since=f.now, before=replicas, after=after, p95=p95 if math.isfinite(p95) else None
     )
     return replace(out, state=replace(f.state, verify=verify))
-
-
-def _verifying(f: Facts, check: Verify) -> str:
-    """'verifying scale_up 1->2: ready 1/2, pass 2/5' (ready only when known)."""
-    ready = "" if f.ready_replicas is None else f"ready {f.ready_replicas}/{check.after}, "
-    step = f"scale_up {check.before}->{check.after}"
-    needed = f.params.verify_passes
-    return f"verifying {step}: {ready}pass {min(check.passes, needed)}/{needed}"
 
 
 def _no_scale(f: Facts) -> Out:
@@ -279,72 +209,6 @@ def _relieved(f: Facts) -> bool:
     latency_up = any(d.metric == P95 and d.direction == "up" for d in material(obs, f.params))
     measured = math.isfinite(obs.values.get(P95, math.nan))  # missing p95 arrives as NaN
     return scaled and measured and not latency_up
-
-
-def _verify(f: Facts) -> tuple[Facts, Out | None]:
-    """Rule 3: did the last scale_up work? Advances the check; `give_up` when it did not."""
-    check = f.state.verify
-    if check is None or f.hpa_managed:
-        return f, None
-    if f.replicas != check.after:  # the scale is not in effect (not applied): nothing to check
-        return replace(f, state=replace(f.state, verify=None)), None
-    obs, params = f.observation, f.params
-    ready = f.ready_replicas
-    unready = ready is not None and ready < check.after
-    # the new pods' effect is judged from when they serve: passes count once they are ready
-    passes = check.passes + (obs.status == "scored" and not unready)
-    if unready and f.now - check.since > params.verify_ready_seconds:
-        waited = f.now - check.since
-        step = f"scale_up {check.before}->{check.after}"
-        why = f"{ready}/{check.after} replicas ready {waited:.0f}s after {step}"
-        return f, _give_up(f, check, f"{why}: the new pods are not ready", "not_ready")
-    if passes >= params.verify_passes and _not_helping(f, check):
-        now_p95 = obs.values[P95]
-        baseline = now_p95 - (p95_excess(obs) or 0.0)
-        then = "not measured" if check.p95 is None else f"{check.p95:.3g}s"
-        why = (
-            f"{describe(obs)} {passes} samples after scale_up {check.before}->{check.after}: "
-            f"scaling did not help (p95 {then} at the scale_up, {now_p95:.3g}s now, "
-            f"baseline {baseline:.3g}s)"
-        )
-        return f, _give_up(f, check, why, "not_helping")
-    done = passes >= params.verify_passes and not unready
-    state = replace(f.state, verify=None if done else replace(check, passes=passes))
-    return replace(f, state=state), None
-
-
-def _not_helping(f: Facts, check: Verify) -> bool:
-    """Still counting, and p95's excess over baseline not at least halved since the action
-    (with no material excess at the action: p95 now materially up). Unmeasured p95: helped."""
-    obs = f.observation
-    now_excess = p95_excess(obs)
-    if not counts(obs, f.params) or now_excess is None:
-        return False
-    baseline = obs.values[P95] - now_excess
-    margin = f.params.min_relative_change * abs(baseline)
-    at_action = 0.0 if check.p95 is None else check.p95 - baseline
-    if at_action > margin:
-        return now_excess > at_action / 2
-    return now_excess >= margin and now_excess > 0
-
-
-def _give_up(f: Facts, check: Verify, why: str, kind: AlertKind) -> Out:
-    """Stop adding replicas this incident; roll back to `check.before` (or an earlier
-    pending rollback-to, when lower) after the cooldown."""
-    pending = f.memory.rollback_to
-    target = check.before if pending is None else min(pending, check.before)
-    reason = f"{why}; no more scale-ups this incident, rollback to {target} after the cooldown"
-    note = f"give_up {check.before}->{check.after} ({kind})"
-    memory = replace(f.memory, rollback_to=target, last_action=note, last_action_at=f.now)
-    state = _sent(replace(f.state, verify=None, gave_up=True), kind)
-    return Out(
-        action="give_up",
-        replicas_after=f.replicas,
-        reason=reason,
-        memory=memory,
-        state=state,
-        alert=kind,
-    )
 
 
 def _rollback(f: Facts) -> Out:

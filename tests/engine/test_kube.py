@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from aegisops.kube import (
 )
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import free_port
+from sandbox.world import hpa_manifest
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "kubernetes"
 RBAC = MANIFESTS / "rbac.yaml"
@@ -57,19 +59,24 @@ def deployment(name: str, *, namespace: str = NS, replicas: int = 1) -> dict[str
     }
 
 
+@contextmanager
+def api_server(rbac_files: list[Path]) -> Iterator[KubeAPIServer]:
+    """The emulator over TLS with `rbac_files`, the engine's token and the namespace NS."""
+    with KubeAPIServer(tls=True, rbac_files=rbac_files, tokens={TOKEN: ENGINE_USER}) as server:
+        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        yield server
+
+
 @pytest.fixture(scope="module")
 def api() -> Iterator[KubeAPIServer]:
-    rbac = [RBAC, *EXAMPLES]
-    with KubeAPIServer(tls=True, rbac_files=rbac, tokens={TOKEN: ENGINE_USER}) as server:
-        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    with api_server([RBAC, *EXAMPLES]) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def bare_api() -> Iterator[KubeAPIServer]:
     """kubernetes/rbac.yaml alone: what the engine may do without the opt-in examples."""
-    with KubeAPIServer(tls=True, rbac_files=[RBAC], tokens={TOKEN: ENGINE_USER}) as server:
-        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    with api_server([RBAC]) as server:
         yield server
 
 
@@ -94,11 +101,17 @@ def settings(
     )
 
 
+@contextmanager
+def in_pod(server: KubeAPIServer, sa_dir: Path) -> Iterator[KubeClient]:
+    """The engine's client as in a pod: service-account files + KUBERNETES_SERVICE_*."""
+    env = server.incluster_files(sa_dir, token=TOKEN)
+    with KubeClient(config=settings(sa_dir=sa_dir), environ=env) as kube:
+        yield kube
+
+
 @pytest.fixture
 def incluster(api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
-    """The engine's client as in a pod: service-account files + KUBERNETES_SERVICE_*."""
-    env = api.incluster_files(tmp_path / "sa", token=TOKEN)
-    with KubeClient(config=settings(sa_dir=tmp_path / "sa"), environ=env) as kube:
+    with in_pod(api, tmp_path / "sa") as kube:
         yield kube
 
 
@@ -270,27 +283,9 @@ def test_can_i_reflects_the_role(api: KubeAPIServer, incluster: KubeClient) -> N
     assert not can("update", "apps", "deployments", "scale")
 
 
-def hpa_manifest(
-    name: str, *, target: str, min_replicas: int | None = 1, kind: str = "Deployment"
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target},
-        "maxReplicas": 4,
-    }
-    if min_replicas is not None:
-        spec["minReplicas"] = min_replicas
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
-    }
-
-
 @pytest.fixture
 def bare(bare_api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
-    env = bare_api.incluster_files(tmp_path / "bare-sa", token=TOKEN)
-    with KubeClient(config=settings(sa_dir=tmp_path / "bare-sa"), environ=env) as kube:
+    with in_pod(bare_api, tmp_path / "bare-sa") as kube:
         yield kube
 
 
@@ -348,9 +343,22 @@ def test_restart_stamps_the_pod_template_like_kubectl_rollout_restart(
 def test_hpas_are_keyed_by_target_with_the_api_default_min(
     api: KubeAPIServer, incluster: KubeClient
 ) -> None:
-    api.create(hpa_manifest("web-hpa", target="web", min_replicas=None))
-    api.create(hpa_manifest("api-hpa", target="api", min_replicas=2))
-    api.create(hpa_manifest("set-hpa", target="db", kind="StatefulSet"))
+    api.create(
+        hpa_manifest(name="web-hpa", target="web", min_replicas=None, max_replicas=4, namespace=NS)
+    )
+    api.create(
+        hpa_manifest(name="api-hpa", target="api", min_replicas=2, max_replicas=4, namespace=NS)
+    )
+    api.create(
+        hpa_manifest(
+            name="set-hpa",
+            target="db",
+            kind="StatefulSet",
+            min_replicas=1,
+            max_replicas=4,
+            namespace=NS,
+        )
+    )
     try:
         found = incluster.hpas(namespace=NS)
         targets = incluster.hpa_targets(namespace=NS)
@@ -368,7 +376,9 @@ def test_hpas_are_keyed_by_target_with_the_api_default_min(
 
 
 def test_patch_hpa_min_sends_exactly_the_floor(api: KubeAPIServer, incluster: KubeClient) -> None:
-    api.create(hpa_manifest("web-hpa", target="web", min_replicas=1))
+    api.create(
+        hpa_manifest(name="web-hpa", target="web", min_replicas=1, max_replicas=4, namespace=NS)
+    )
     api.clear_requests()
     try:
         info = incluster.patch_hpa_min(namespace=NS, name="web-hpa", min_replicas=3)

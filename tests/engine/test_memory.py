@@ -27,21 +27,64 @@ from aegisops.policy import memory_from_annotations as re_exported
 T0 = 1_764_151_200.0  # 2025-11-26T10:00:00Z
 
 
-def test_memory_round_trips_through_annotations() -> None:
-    memory = Memory(
-        original_replicas=2,
-        last_action="scale_up 2->3",
-        last_action_at=T0,
-        cooldown_until=T0 + 300,
-    )
-    annotations = memory_to_annotations(memory)
-    assert annotations == {
-        ORIGINAL_REPLICAS: "2",
-        LAST_ACTION: "scale_up 2->3",
-        LAST_ACTION_AT: "2025-11-26T10:00:00Z",
-        COOLDOWN_UNTIL: "2025-11-26T10:05:00Z",
-    }
-    assert memory_from_annotations(annotations) == (memory, ())
+ROUND_TRIPS = [
+    pytest.param(
+        Memory(
+            original_replicas=2,
+            last_action="scale_up 2->3",
+            last_action_at=T0,
+            cooldown_until=T0 + 300,
+        ),
+        {
+            ORIGINAL_REPLICAS: "2",
+            LAST_ACTION: "scale_up 2->3",
+            LAST_ACTION_AT: "2025-11-26T10:00:00Z",
+            COOLDOWN_UNTIL: "2025-11-26T10:05:00Z",
+        },
+        None,
+        id="a scale_up record",
+    ),
+    pytest.param(
+        Memory(
+            original_replicas=1,
+            replicas_set=3,
+            last_action="give_up 2->3 (not_helping)",
+            last_action_at=T0,
+            cooldown_until=T0 + 299.2,  # rounded up: a cooldown never shrinks
+            rollback_to=2,
+            hpa_original_min=1,
+            hpa_min_set=2,
+            hands_off=T0 + 60,
+        ),
+        {
+            ORIGINAL_REPLICAS: "1",
+            REPLICAS_SET: "3",
+            LAST_ACTION: "give_up 2->3 (not_helping)",
+            LAST_ACTION_AT: "2025-11-26T10:00:00Z",
+            COOLDOWN_UNTIL: "2025-11-26T10:05:00Z",
+            ROLLBACK_TO: "2",
+            HPA_ORIGINAL_MIN: "1",
+            HPA_MIN_SET: "2",
+            HANDS_OFF: "2025-11-26T10:01:00Z",
+        },
+        {"cooldown_until": T0 + 300},
+        id="every annotation, the cooldown rounded up",
+    ),
+]
+
+
+@pytest.mark.parametrize(("memory", "annotations", "read_back_changes"), ROUND_TRIPS)
+def test_memory_round_trips_through_annotations(
+    memory: Memory, annotations: dict[str, str], read_back_changes: dict[str, float] | None
+) -> None:
+    written = memory_to_annotations(memory)
+    assert written == annotations
+    assert list(written) == [key for key in ANNOTATION_KEYS if key in written]  # in key order
+    read_back = replace(memory, **(read_back_changes or {}))
+    assert memory_from_annotations(written) == (read_back, ())
+
+
+def test_an_empty_memory_writes_and_reads_no_annotation() -> None:
     assert memory_to_annotations(Memory()) == {}
     assert memory_from_annotations(None) == (Memory(), ())
 
@@ -76,34 +119,6 @@ def test_offsets_are_accepted_in_annotations() -> None:
     memory, problems = memory_from_annotations({COOLDOWN_UNTIL: "2025-11-26T11:05:00+01:00"})
     assert problems == ()
     assert memory.cooldown_until == T0 + 300
-
-
-def test_the_new_annotations_round_trip_too() -> None:
-    memory = Memory(
-        original_replicas=1,
-        replicas_set=3,
-        last_action="give_up 2->3 (not_helping)",
-        last_action_at=T0,
-        cooldown_until=T0 + 299.2,  # rounded up: a cooldown never shrinks
-        rollback_to=2,
-        hpa_original_min=1,
-        hpa_min_set=2,
-        hands_off=T0 + 60,
-    )
-    annotations = memory_to_annotations(memory)
-    assert annotations == {
-        ORIGINAL_REPLICAS: "1",
-        REPLICAS_SET: "3",
-        LAST_ACTION: "give_up 2->3 (not_helping)",
-        LAST_ACTION_AT: "2025-11-26T10:00:00Z",
-        COOLDOWN_UNTIL: "2025-11-26T10:05:00Z",
-        ROLLBACK_TO: "2",
-        HPA_ORIGINAL_MIN: "1",
-        HPA_MIN_SET: "2",
-        HANDS_OFF: "2025-11-26T10:01:00Z",
-    }
-    assert list(annotations) == list(ANNOTATION_KEYS)
-    assert memory_from_annotations(annotations) == (replace(memory, cooldown_until=T0 + 300), ())
 
 
 @pytest.mark.parametrize("key", [REPLICAS_SET, ROLLBACK_TO, HPA_ORIGINAL_MIN, HPA_MIN_SET])

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -14,7 +13,7 @@ from kubernetes import config as k8s_config
 from sandbox.hpa import HPA_USER, HpaController, bounded, rbac_objects
 from sandbox.kubeapi import ADMIN_USER, KubeAPIServer
 from sandbox.procs import wait_until
-from sandbox.world import AppSpec, app_deployment
+from sandbox.world import AppSpec, app_deployment, hpa_manifest
 
 NS, NAME = "aegisops", "aegisops-app"
 SCALE_PATH = f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}/scale"
@@ -24,23 +23,6 @@ STAMP = "2026-11-26T12:00:00Z"
 
 def _clock() -> datetime:
     return datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
-
-
-def _hpa(
-    *, min_replicas: int | None, max_replicas: int, kind: str = "Deployment"
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": NAME},
-        "maxReplicas": max_replicas,
-    }
-    if min_replicas is not None:
-        spec["minReplicas"] = min_replicas
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": NAME, "namespace": NS},
-        "spec": spec,
-    }
 
 
 def _limited(reason: str, message: str, status: str = "True") -> dict[str, str]:
@@ -77,7 +59,7 @@ def _replicas(api: KubeAPIServer) -> int:
 def test_scale_above_max_is_clamped_to_max_by_the_hpa_user(
     api: KubeAPIServer, controller: HpaController
 ) -> None:
-    api.create(_hpa(min_replicas=2, max_replicas=4))
+    api.create(hpa_manifest(min_replicas=2, max_replicas=4))
     api.patch("deployments", NS, NAME, {"spec": {"replicas": 7}})  # someone scales past max
     api.clear_requests()
     controller.sync_once()
@@ -113,7 +95,7 @@ def test_scale_above_max_is_clamped_to_max_by_the_hpa_user(
 def test_scale_below_min_is_raised_to_min_default_min_is_one(
     api: KubeAPIServer, controller: HpaController
 ) -> None:
-    api.create(_hpa(min_replicas=3, max_replicas=5))
+    api.create(hpa_manifest(min_replicas=3, max_replicas=5))
     controller.sync_once()
     assert _replicas(api) == 3
     [patch] = api.requests(verb="patch", subresource="scale")
@@ -128,7 +110,7 @@ def test_scale_below_min_is_raised_to_min_default_min_is_one(
 def test_running_controller_undoes_a_manual_scale_within_its_interval(
     api: KubeAPIServer, controller: HpaController, tmp_path: Path
 ) -> None:
-    api.create(_hpa(min_replicas=None, max_replicas=2))
+    api.create(hpa_manifest(min_replicas=None, max_replicas=2))
     admin_config = api.write_kubeconfig(tmp_path / "admin.kubeconfig")
     with controller, k8s_config.new_client_from_config(config_file=str(admin_config)) as admin:
         k8s.AppsV1Api(admin).patch_namespaced_deployment_scale(
@@ -145,11 +127,11 @@ def test_running_controller_undoes_a_manual_scale_within_its_interval(
 def test_zero_replicas_and_other_targets_are_left_alone(
     api: KubeAPIServer, controller: HpaController
 ) -> None:
-    api.create(_hpa(min_replicas=2, max_replicas=3, kind="StatefulSet"))
+    api.create(hpa_manifest(min_replicas=2, max_replicas=3, kind="StatefulSet"))
     controller.sync_once()
     assert _replicas(api) == 1
     api.delete("horizontalpodautoscalers", NS, NAME)
-    api.create(_hpa(min_replicas=2, max_replicas=3))
+    api.create(hpa_manifest(min_replicas=2, max_replicas=3))
     api.patch("deployments", NS, NAME, {"spec": {"replicas": 0}})
     controller.sync_once()  # kube: scaling is disabled while the target is at 0
     assert _replicas(api) == 0
