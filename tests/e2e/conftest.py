@@ -1,4 +1,6 @@
-"""End-to-end fixtures: one sandbox World per module, engines stopped by PID after each test."""
+"""End-to-end fixtures: one sandbox World for the whole e2e session (starting it and
+training a baseline's worth of history is the expensive part), a calm world before each
+test that asks for it, and engines stopped by PID after each test."""
 
 from __future__ import annotations
 
@@ -6,17 +8,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_engine import BASELINE_SAMPLES, NORMAL, RBAC, RPS, EngineProcess
+from e2e_engine import BASELINE_SAMPLES, NORMAL, RBAC, RBAC_HPA_RAISE_MIN, RPS, EngineProcess
+from e2e_world import calm
 
 from sandbox.world import AppSpec, World
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def world() -> Iterator[World]:
-    """One sandbox for the module, RBAC from kubernetes/rbac.yaml, normal load running,
-    and enough of it in Prometheus for a baseline learned from history."""
+    """One sandbox, RBAC from kubernetes/rbac.yaml plus the opt-in raise_min Role (its own
+    Role: the engine's stays least-privilege), normal load running, and enough of it in
+    Prometheus for a baseline learned from history."""
     with World(
-        app=AppSpec(replicas=1, workers=2, service_time_seconds=0.05), rbac_files=[RBAC], seed=11
+        app=AppSpec(replicas=1, workers=2, service_time_seconds=0.05),
+        rbac_files=[RBAC, RBAC_HPA_RAISE_MIN],
+        seed=11,
     ) as w:
         w.set_load(NORMAL)
         history = f"count_over_time(({RPS})[5m:1s])"
@@ -27,6 +33,13 @@ def world() -> Iterator[World]:
 
         w.wait_for(enough_history, timeout=120, message="a baseline's worth of history")
         yield w
+
+
+@pytest.fixture
+def calm_world(world: World) -> World:
+    """The world back at its starting point (e2e_world.calm) before the test."""
+    calm(world)
+    return world
 
 
 @pytest.fixture

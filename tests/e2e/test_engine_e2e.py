@@ -1,7 +1,8 @@
 """`aegisops run` as a subprocess against the sandbox: the product's proof.
 
-Order matters inside this module (one shared World): the quiet run first, then the
-surge (which scales the app and leaves a cooldown), then Prometheus going away.
+Order matters inside this module (the session's World): the quiet run first (from a
+calm world, no Lease yet), then the surge (which scales the app and leaves a cooldown),
+then the RBAC audit over both, then Prometheus going away.
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_engine import (
     AEGISOPS,
+    LEASE,
     WORKLOAD,
     EngineProcess,
     engine_config,
     engine_requests,
 )
+from e2e_world import last_seq
 
-from aegisops.policy import ANNOTATION_KEYS
+from aegisops.memory import ANNOTATION_KEYS
 from sampleapp.profiles import Steady
 from sandbox.prometheus import PrometheusServer
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World
@@ -33,7 +37,7 @@ SUMMARY = r"pass \d+: 1 workloads, (\d+) anomalies, (\d+) actions, (\d+) errors 
 
 
 def start_engine(
-    world: World, engines: list[EngineProcess], tmp_path: Path, name: str, **overrides: str
+    world: World, engines: list[EngineProcess], tmp_path: Path, name: str, **overrides: Any
 ) -> EngineProcess:
     engine = EngineProcess(
         world=world, config=engine_config(world, **overrides), workdir=tmp_path, name=name
@@ -47,9 +51,15 @@ def assert_all_allowed(world: World) -> None:
     assert denied == []
 
 
+def since(world: World, mark: int, **filters: Any) -> list[Any]:
+    """The engine's requests after request `mark` (a seq)."""
+    return [e for e in engine_requests(world, **filters) if e.seq > mark]
+
+
 def test_quiet_run_with_normal_noisy_traffic_takes_no_action(
-    world: World, engines: list[EngineProcess], tmp_path: Path
+    calm_world: World, engines: list[EngineProcess], tmp_path: Path
 ) -> None:
+    world = calm_world
     world.api.clear_requests()
     world.slack.clear()
     engine = start_engine(world, engines, tmp_path, "quiet")
@@ -65,11 +75,15 @@ def test_quiet_run_with_normal_noisy_traffic_takes_no_action(
     # Alerts for anomalies scaling cannot fix are allowed; an action message is not.
     texts = [m["text"] for m in world.slack.messages()]
     assert [t for t in texts if not t.startswith(f"AegisOps: Anomaly on {WORKLOAD}")] == []
-    # Memory is read once, when the workload is first seen: no API call per pass (besides
-    # leader election's Lease, created once by the first engine, then renewed).
-    requests = [(e.verb, e.resource, e.subresource) for e in engine_requests(world)]
-    assert [r for r in requests if r[1] != "leases"] == [("get", "deployments", None)]
-    assert ("create", "leases", None) in requests and ("update", "leases", None) in requests
+    # Memory is read once, when the workload is first seen: no API call per pass
+    # beyond leader election's on its own Lease (created once, renewed, released at exit).
+    calls = engine_requests(world)
+    assert [(e.verb, e.resource, e.subresource) for e in calls if e.resource != "leases"] == [
+        ("get", "deployments", None)
+    ]
+    leases = [(e.verb, e.name) for e in calls if e.resource == "leases"]
+    assert ("create", None) in leases
+    assert set(leases) == {("get", LEASE), ("create", None), ("update", LEASE)}, set(leases)
     assert world.replicas() == 1
     assert engine.lines(r"stopping after \d+ passes")
 
@@ -77,27 +91,33 @@ def test_quiet_run_with_normal_noisy_traffic_takes_no_action(
 def test_surge_scales_once_then_cooldown_holds_across_a_restart(
     world: World, engines: list[EngineProcess], tmp_path: Path
 ) -> None:
-    world.api.clear_requests()
+    mark = last_seq(world)  # the log keeps the quiet run's calls for the RBAC audit
     world.slack.clear()
-    world.api.delete("leases", NAMESPACE, "aegisops-engine")  # created again: every rule used
-    first = start_engine(world, engines, tmp_path, "first")
+    first = start_engine(world, engines, tmp_path, "first")  # verify_passes 60: see the config
     first.wait_lines(DECISION, count=3, timeout=40)
 
     world.set_load(Steady(rps=80.0))  # 2x one replica's capacity
     [acted] = first.wait_lines(DECISION + r"scale_up 1->2: ", timeout=60)
     assert re.search(LOAD_UP, acted), acted  # load-shaped: traffic and/or latency up
 
-    [patch] = engine_requests(world, verb="patch", subresource="scale")
+    [patch] = since(world, mark, verb="patch", subresource="scale")
     assert patch.path == SCALE_PATH
     assert patch.content_type == "application/merge-patch+json"
     assert patch.body == {"spec": {"replicas": 2}}
     assert patch.code == 200
-    [annotate] = engine_requests(world, verb="patch", subresource=None)
+    [annotate] = since(world, mark, verb="patch", subresource=None)
     assert annotate.seq < patch.seq  # the action is recorded before it is taken
     notes = annotate.body["metadata"]["annotations"]
     assert notes["aegisops.dev/last-action"] == "scale_up 1->2"
     assert notes["aegisops.dev/original-replicas"] == "1"
     assert notes["aegisops.dev/replicas-set"] == "2"
+    assert {k for k, v in notes.items() if v is not None} == {
+        "aegisops.dev/last-action",
+        "aegisops.dev/last-action-at",
+        "aegisops.dev/cooldown-until",
+        "aegisops.dev/original-replicas",
+        "aegisops.dev/replicas-set",
+    }
     assert set(notes) == set(ANNOTATION_KEYS)  # ours not set are cleared (null)
     assert annotate.body["metadata"]["resourceVersion"]
     world.wait_for(lambda: world.replicas() == 2, timeout=30, message="2 live replicas")
@@ -115,7 +135,7 @@ def test_surge_scales_once_then_cooldown_holds_across_a_restart(
     # The anomaly persists (traffic stays high), the cooldown holds: no second action.
     held = first.wait_lines(DECISION + r"none: .*cooldown until ", count=8, timeout=40)
     assert len(held) >= 8
-    assert len(engine_requests(world, verb="patch", subresource="scale")) == 1
+    assert len(since(world, mark, verb="patch", subresource="scale")) == 1
     assert first.stop() == 0
 
     # A restarted engine reads the cooldown from the annotations and does not act.
@@ -123,8 +143,8 @@ def test_surge_scales_once_then_cooldown_holds_across_a_restart(
     second.wait_lines(DECISION + r"none: .*cooldown until ", count=8, timeout=60)
     assert second.stop() == 0
     assert second.lines(r"scale_up \d->\d") == []
-    assert len(engine_requests(world, verb="patch", subresource="scale")) == 1
-    assert len(engine_requests(world, verb="patch")) == 2
+    assert len(since(world, mark, verb="patch", subresource="scale")) == 1
+    assert len(since(world, mark, verb="patch")) == 2
     assert world.deployment()["spec"]["replicas"] == 2
     assert [m for m in world.slack.messages() if "scaled up" in m["text"]] == [action]
     assert_all_allowed(world)
