@@ -221,10 +221,11 @@ class Actor:
         )
 
     def _forbidden(self, w: Workload, err: Forbidden, *, now: float) -> None:
-        """A 403: named once, then no action attempt on `w` for the throttle period (the
-        hold), so a missing permission costs no API call per pass."""
+        """A 403: named once, then no action attempt on `w` for `forbidden_hold_seconds` (the
+        hold), so a missing permission costs no API call per pass; an RBAC fix is picked up
+        at the next attempt after the hold."""
         permission = err.permission or str(err)
-        w.forbidden_until = now + self.forbidden.period
+        w.forbidden_until = now + self.config.kubernetes.forbidden_hold_seconds
         log.error(
             "forbidden: the engine may not %s (grant it in its Role; %s); no action attempt "
             "on this workload until %s",

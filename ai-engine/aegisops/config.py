@@ -104,6 +104,7 @@ class KubernetesConfig:
     serviceaccount_dir: str
     timeout_seconds: float
     recheck_gone_seconds: float = 600.0  # a target whose Deployment is gone: one GET this often
+    forbidden_hold_seconds: float = 300.0  # after a 403: no action attempt on it for this long
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ SCHEMA: Schema = {
         "serviceaccount_dir": Field(str, "/var/run/secrets/kubernetes.io/serviceaccount"),
         "timeout_seconds": positive(10.0),
         "recheck_gone_seconds": positive(600.0),
+        "forbidden_hold_seconds": positive(300.0),
     },
     "discovery": {
         "label_selector": Field(str, None, nullable=True),

@@ -112,7 +112,7 @@ def test_forbidden_names_the_permission_and_alerts_once_per_hour(
     assert r.kube.names()[calls:] == ["get_deployment"]  # held: no action attempt
     assert (
         f"forbidden: the engine may not {permission} (grant it in its Role; {denied}); no "
-        f"action attempt on this workload until {format_time(T0 + 3 + 3600)}" in caplog.text
+        f"action attempt on this workload until {format_time(T0 + 3 + 300)}" in caplog.text
     )
     alerts = [t for t in r.notifier.texts() if "not allowed" in t]
     assert alerts == [

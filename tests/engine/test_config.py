@@ -391,6 +391,7 @@ def test_the_safety_keys_have_their_documented_defaults() -> None:
     config = parse_config(minimal(), env={})
     assert config.targets[0].dry_run is None
     assert config.kubernetes.recheck_gone_seconds == 600.0
+    assert config.kubernetes.forbidden_hold_seconds == 300.0
     assert config.alerts.missing_after_passes == 3
     assert config.discovery == DiscoveryConfig(
         label_selector=None,
