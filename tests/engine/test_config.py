@@ -125,7 +125,7 @@ def test_every_scalar_key_has_its_own_env_name() -> None:
         "workload_labels",
         "namespace",
     )
-    assert len(set(keys.values())) == len(keys) == 60
+    assert len(set(keys.values())) == len(keys) == 61
 
 
 @pytest.mark.parametrize(
