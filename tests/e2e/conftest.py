@@ -1,4 +1,4 @@
-"""End-to-end fixtures: one sandbox World for the whole e2e session (starting it and
+"""End-to-end fixtures: one sandbox World for the e2e package (starting it and
 training a baseline's worth of history is the expensive part), a calm world before each
 test that asks for it, and engines stopped by PID after each test."""
 
@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_engine import BASELINE_SAMPLES, NORMAL, RBAC, RBAC_HPA_RAISE_MIN, RPS, EngineProcess
-from e2e_world import calm
 
+from e2e.e2e_engine import BASELINE_SAMPLES, NORMAL, RBAC, RBAC_HPA_RAISE_MIN, RPS, EngineProcess
+from e2e.e2e_world import calm
 from sandbox.world import AppSpec, World
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def world() -> Iterator[World]:
     """One sandbox, RBAC from kubernetes/rbac.yaml plus the opt-in raise_min Role (its own
     Role: the engine's stays least-privilege), normal load running, and enough of it in

@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from e2e_engine import LEASE, NORMAL, P95, RPS
 from kubernetes.client.rest import ApiException
 
+from e2e.e2e_engine import LEASE, NORMAL, P95, RPS
 from sandbox.cluster import ARGS_ANNOTATION
 from sandbox.procs import stop_process
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_engine import (
+
+from aegisops.memory import ANNOTATION_KEYS
+from e2e.e2e_engine import (
     AEGISOPS,
     LEASE,
     WORKLOAD,
@@ -21,9 +23,7 @@ from e2e_engine import (
     engine_config,
     engine_requests,
 )
-from e2e_world import last_seq
-
-from aegisops.memory import ANNOTATION_KEYS
+from e2e.e2e_world import last_seq
 from sampleapp.profiles import Steady
 from sandbox.prometheus import PrometheusServer
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World

@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 
 import pytest
-from e2e_engine import WORKLOAD, EngineProcess, safety_config
-from e2e_world import assert_scales_bounded_and_once, last_seq, scale_patches, writes
 
+from e2e.e2e_engine import WORKLOAD, EngineProcess, safety_config
+from e2e.e2e_world import assert_scales_bounded_and_once, last_seq, scale_patches, writes
 from sampleapp.profiles import Steady
 from sandbox.world import DEPLOYMENT, ENGINE_USER, World
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_engine import LEASE, WORKLOAD, EngineProcess, safety_config
-from e2e_world import (
+
+from e2e.e2e_engine import LEASE, WORKLOAD, EngineProcess, safety_config
+from e2e.e2e_world import (
     DEPLOYMENT_PATH,
     HPA_PATH,
     SCALE_PATH,
@@ -27,7 +28,6 @@ from e2e_world import (
     set_app_args,
     writes,
 )
-
 from sampleapp.profiles import Steady
 from sandbox.hpa import HPA_USER
 from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World

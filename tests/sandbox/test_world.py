@@ -107,6 +107,7 @@ subjects: [{{kind: ServiceAccount, name: aegisops-engine, namespace: {NAMESPACE}
 
 def test_slack_and_prometheus_urls_and_teardown_on_exception() -> None:
     world = World()
+    before = set(threading.enumerate())  # threads of other fixtures are not this test's
     with pytest.raises(RuntimeError, match="boom"), world:
         assert requests.post(world.slack_url, json={"text": "hi"}, timeout=5).text == "ok"
         assert world.slack_messages() == [{"text": "hi"}]
@@ -126,7 +127,8 @@ def test_slack_and_prometheus_urls_and_teardown_on_exception() -> None:
         "hpa-controller",
         "promproxy",
     }
-    assert [t.name for t in threading.enumerate() if t.name in leftover] == []
+    started = set(threading.enumerate()) - before
+    assert [t.name for t in started if t.name in leftover] == []
 
 
 def test_capacity_pending_replicas_hpa_bounds_and_the_engines_prometheus_url() -> None:
