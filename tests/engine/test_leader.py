@@ -192,25 +192,43 @@ def test_a_wall_clock_step_changes_the_stamps_but_never_the_expiry(
     assert lease(api)["acquireTime"] == at(26 + 3600)
 
 
-class SlowRead:
+class LeaseProxy:
+    """The Lease calls of a KubeClient, passed through; `before` runs ahead of each one
+    ("get", "create" or "replace"): subclasses change only what differs."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    def before(self, call: str) -> None:
+        """Nothing by default."""
+
+    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
+        self.before("get")
+        return self._kube.get_lease(namespace=namespace, name=name)
+
+    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        self.before("create")
+        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
+
+    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        self.before("replace")
+        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
+
+
+class SlowRead(LeaseProxy):
     """The Lease calls of a KubeClient; the next GET first runs `during` (what happens
     while the request is on its way), then reads."""
 
     def __init__(self, kube: KubeClient) -> None:
-        self._kube = kube
+        super().__init__(kube)
         self.during: Callable[[], object] | None = None
 
-    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
+    def before(self, call: str) -> None:
+        if call != "get":
+            return
         during, self.during = self.during, None
         if during is not None:
             during()
-        return self._kube.get_lease(namespace=namespace, name=name)
-
-    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
-
-    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
 
 
 def test_a_record_is_observed_when_the_read_returns_not_when_it_was_sent(
@@ -280,22 +298,16 @@ def test_release_on_stop_lets_the_follower_acquire_at_once(
     assert f"released {WHERE} (identity a)" in lines(caplog)
 
 
-class Gated:
+class Gated(LeaseProxy):
     """The Lease calls of a KubeClient; while `hold` is set, a PUT waits (after it is sent:
     it lands on the server) until `go` is set, `landed` tells the test it is in flight."""
 
     def __init__(self, kube: KubeClient) -> None:
-        self._kube = kube
+        super().__init__(kube)
         self.hold, self.landed, self.go = threading.Event(), threading.Event(), threading.Event()
 
-    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
-        return self._kube.get_lease(namespace=namespace, name=name)
-
-    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
-
     def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        written = self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
+        written = super().replace_lease(namespace=namespace, name=name, lease=lease)
         if self.hold.is_set():
             self.landed.set()
             assert self.go.wait(timeout=30)
@@ -350,23 +362,17 @@ def test_stop_skips_a_release_it_cannot_make_within_its_timeout(
     assert not a.elector.is_leader()
 
 
-class Racing:
+class Racing(LeaseProxy):
     """The Lease calls of a KubeClient, letting `rival` step just before each write:
     the rival's write lands between this elector's read and its own write."""
 
     def __init__(self, kube: KubeClient, rival: Callable[[], object]) -> None:
-        self._kube, self._rival = kube, rival
+        super().__init__(kube)
+        self._rival = rival
 
-    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
-        return self._kube.get_lease(namespace=namespace, name=name)
-
-    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        self._rival()
-        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
-
-    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        self._rival()
-        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
+    def before(self, call: str) -> None:
+        if call != "get":
+            self._rival()
 
 
 def test_a_409_on_a_race_makes_the_loser_a_follower(
@@ -435,32 +441,21 @@ FAST = LeaderParams(
 )
 
 
-class CutOff:
+class CutOff(LeaseProxy):
     """The Lease calls of a KubeClient: `error` (once, or while `cut` is set) instead."""
 
     def __init__(self, kube: KubeClient, error: Exception, *, once: bool = False) -> None:
-        self._kube, self._error, self._once = kube, error, once
+        super().__init__(kube)
+        self._error, self._once = error, once
         self.cut = threading.Event()
         if once:
             self.cut.set()
 
-    def _check(self) -> None:
+    def before(self, call: str) -> None:
         if self.cut.is_set():
             if self._once:
                 self.cut.clear()
             raise self._error
-
-    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
-        self._check()
-        return self._kube.get_lease(namespace=namespace, name=name)
-
-    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        self._check()
-        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
-
-    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        self._check()
-        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
 
 
 def handed_over(a: LeaderElector, b: LeaderElector) -> Callable[[], bool]:
