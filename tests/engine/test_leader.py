@@ -19,17 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_fakes import ENGINE_USER, NS, RBAC, api_server, in_pod
 
-from aegisops.config import KubernetesConfig
 from aegisops.kube import KubeClient, KubeUnavailable, LeaseInfo
 from aegisops.leader import LeaderElector, LeaderParams, resolve_params
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import wait_until
 
-RBAC = Path(__file__).resolve().parents[2] / "kubernetes" / "rbac.yaml"
-TOKEN = "engine-sa-token"
-ENGINE_USER = "system:serviceaccount:aegisops:aegisops-engine"
-NS, LEASE = "aegisops", "aegisops-engine"
+LEASE = "aegisops-engine"
 WHERE = f"lease {NS}/{LEASE}"
 T = 1_800_000_000.0  # 2027-01-15T08:00:00Z: the wall clock reads T + the monotonic one
 PARAMS = LeaderParams(
@@ -48,21 +45,13 @@ def at(seconds: float) -> str:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(tls=True, rbac_files=[RBAC], tokens={TOKEN: ENGINE_USER}) as server:
-        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    with api_server([RBAC]) as server:
         yield server
 
 
 @pytest.fixture
 def kube(api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
-    env = api.incluster_files(tmp_path / "sa", token=TOKEN)
-    config = KubernetesConfig(
-        mode="incluster",
-        kubeconfig=None,
-        serviceaccount_dir=str(tmp_path / "sa"),
-        timeout_seconds=5,
-    )
-    with KubeClient(config=config, environ=env) as client:
+    with in_pod(api, tmp_path / "sa", mode="incluster") as client:
         yield client
     api.clear_faults()
     if api.objects("leases", NS):
