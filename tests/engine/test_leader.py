@@ -82,10 +82,6 @@ class Engine:
         return self.elector.is_leader()
 
 
-def elector(kube: Any, identity: str) -> Engine:
-    return Engine(kube, identity)
-
-
 def lease(api: KubeAPIServer) -> dict[str, Any]:
     spec: dict[str, Any] = api.get("leases", NS, LEASE)["spec"]
     return spec
@@ -103,7 +99,7 @@ def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
 def test_exactly_one_leads_and_renewals_keep_it(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a, b = elector(kube, "a"), elector(kube, "b")
+    a, b = Engine(kube, "a"), Engine(kube, "b")
     for t in range(0, 61, 5):
         assert a.step(t) is True
         assert b.step(t + 1) is False
@@ -132,7 +128,7 @@ def test_exactly_one_leads_and_renewals_keep_it(
 def test_is_leader_ends_a_renew_period_before_the_lease_could_be_taken(
     kube: KubeClient,
 ) -> None:
-    a = elector(kube, "a")
+    a = Engine(kube, "a")
     assert a.step(0)
     assert a.is_leader(9.9)  # 15 s lease - 5 s renew period
     assert not a.is_leader(10)
@@ -141,7 +137,7 @@ def test_is_leader_ends_a_renew_period_before_the_lease_could_be_taken(
 def test_takeover_only_after_the_duration_without_renewal_by_the_followers_clock(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a, b = elector(kube, "a"), elector(kube, "b")
+    a, b = Engine(kube, "a"), Engine(kube, "b")
     assert a.step(0)
     assert not b.step(100)  # b's clock is far ahead: observed time, not renewTime, counts
     assert not b.step(114.9)
@@ -166,7 +162,7 @@ def test_takeover_only_after_the_duration_without_renewal_by_the_followers_clock
 def test_a_wall_clock_step_changes_the_stamps_but_never_the_expiry(
     api: KubeAPIServer, kube: KubeClient
 ) -> None:
-    a, b = elector(kube, "a"), elector(kube, "b")
+    a, b = Engine(kube, "a"), Engine(kube, "b")
     assert a.step(0)
     assert not b.step(1)
     b.wall_step = 3600.0  # NTP steps b's wall clock an hour ahead: b's monotonic clock runs on
@@ -224,7 +220,7 @@ def test_a_record_is_observed_when_the_read_returns_not_when_it_was_sent(
     kube: KubeClient,
 ) -> None:
     slow = SlowRead(kube)
-    leader, follower = elector(kube, "l"), Engine(slow, "f")
+    leader, follower = Engine(kube, "l"), Engine(slow, "f")
     assert leader.step(0)
 
     def meanwhile() -> None:  # the follower's GET takes 11 s; the leader renews at 111
@@ -254,7 +250,7 @@ def test_a_follower_waits_for_the_holders_own_lease_duration(
     api: KubeAPIServer, kube: KubeClient
 ) -> None:
     patient = dataclasses.replace(PARAMS, lease_duration_seconds=60)
-    old, new = Engine(kube, "old", params=patient), elector(kube, "new")
+    old, new = Engine(kube, "old", params=patient), Engine(kube, "new")
     assert old.step(0)
     assert lease(api)["leaseDurationSeconds"] == 60
     assert not new.step(1)
@@ -267,7 +263,7 @@ def test_a_follower_waits_for_the_holders_own_lease_duration(
 def test_release_on_stop_lets_the_follower_acquire_at_once(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a, b = elector(kube, "a"), elector(kube, "b")
+    a, b = Engine(kube, "a"), Engine(kube, "b")
     assert a.step(0)
     assert not b.step(1)
     a.t = 3
@@ -367,16 +363,16 @@ class Racing(LeaseProxy):
 def test_a_409_on_a_race_makes_the_loser_a_follower(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a = elector(kube, "a")
-    b = elector(Racing(kube, lambda: a.step(0)), "b")
+    a = Engine(kube, "a")
+    b = Engine(Racing(kube, lambda: a.step(0)), "b")
     assert not b.step(0)  # both saw no Lease; a created it first: 409 AlreadyExists
     assert [(e.verb, e.code) for e in api.requests(verb="create")] == [
         ("create", 201),
         ("create", 409),
     ]
     # Later the Lease has expired for both; a renews between b's read and b's write.
-    a_late = elector(kube, "a")  # a fresh observer, as after a restart with the same identity
-    b = elector(Racing(kube, lambda: a_late.step(40)), "b")
+    a_late = Engine(kube, "a")  # a fresh observer, as after a restart with the same identity
+    b = Engine(Racing(kube, lambda: a_late.step(40)), "b")
     assert not b.step(20)  # first sight of the record
     assert not b.step(35)  # expired by b's clock, but a renews first: 409 Conflict
     assert [e.code for e in api.requests(verb="update")] == [200, 409]
@@ -392,7 +388,7 @@ def test_a_409_on_a_race_makes_the_loser_a_follower(
 def test_api_faults_keep_a_follower_and_end_a_leadership_that_cannot_renew(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    b = elector(kube, "b")
+    b = Engine(kube, "b")
     api.inject(verb="get", path="/leases/", status=403, times=None)
     assert [b.step(t) for t in (0, 5, 10)] == [False, False, False]
     api.clear_faults()
@@ -405,7 +401,7 @@ def test_api_faults_keep_a_follower_and_end_a_leadership_that_cannot_renew(
     ]  # once per kind, not once per step
     caplog.clear()
 
-    a = elector(kube, "a")
+    a = Engine(kube, "a")
     assert a.step(0)
     api.inject(verb="get", path="/leases/", status=503, times=None)
     assert a.step(5)  # the last renewal (T) is still young enough
