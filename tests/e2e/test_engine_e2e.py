@@ -61,7 +61,6 @@ def test_quiet_run_with_normal_noisy_traffic_takes_no_action(
 ) -> None:
     world = calm_world
     world.api.clear_requests()
-    world.slack.clear()
     engine = start_engine(world, engines, tmp_path, "quiet")
     engine.wait_lines(rf"{re.escape(WORKLOAD)}: trained from history: .*, ready", timeout=30)
     scored = engine.wait_lines(DECISION, count=30, timeout=60)

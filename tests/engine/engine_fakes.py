@@ -5,18 +5,21 @@ The detector and policy are the real, pure ones; time is injected; data is seede
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from aegisops.config import Config, parse_config
-from aegisops.kube import Conflict, DeploymentInfo, HpaInfo, ScaleInfo
+from aegisops.config import Config, KubernetesConfig, parse_config
+from aegisops.kube import Conflict, DeploymentInfo, HpaInfo, KubeClient, ScaleInfo
 from aegisops.loop import Engine
 from aegisops.prometheus import History, PrometheusUnavailable, Sample
 from aegisops.selfmetrics import SelfMetrics
+from sandbox.kubeapi import KubeAPIServer
 
 KEY = "shop/web"
 T0 = 1_800_000_000.0
@@ -305,3 +308,39 @@ class MultiKube:
     def patch_scale(self, *, namespace: str, name: str, replicas: int) -> ScaleInfo:
         kube = self._kube("patch_scale", name)
         return kube.patch_scale(namespace=namespace, name=name, replicas=replicas)
+
+
+# The Kubernetes API emulator with RBAC on, as the engine's service account sees it
+# (test_kube, test_leader).
+MANIFESTS = Path(__file__).resolve().parents[2] / "kubernetes"
+RBAC = MANIFESTS / "rbac.yaml"
+TOKEN = "engine-sa-token"
+ENGINE_USER = "system:serviceaccount:aegisops:aegisops-engine"
+NS = "aegisops"
+
+
+@contextmanager
+def api_server(rbac_files: list[Path]) -> Iterator[KubeAPIServer]:
+    """The emulator over TLS with `rbac_files`, the engine's token and the namespace NS."""
+    with KubeAPIServer(tls=True, rbac_files=rbac_files, tokens={TOKEN: ENGINE_USER}) as server:
+        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        yield server
+
+
+def settings(
+    *, mode: str = "auto", sa_dir: Path, kubeconfig: Path | None = None, timeout: float = 5.0
+) -> KubernetesConfig:
+    return KubernetesConfig(
+        mode=mode,
+        kubeconfig=str(kubeconfig) if kubeconfig else None,
+        serviceaccount_dir=str(sa_dir),
+        timeout_seconds=timeout,
+    )
+
+
+@contextmanager
+def in_pod(server: KubeAPIServer, sa_dir: Path, *, mode: str = "auto") -> Iterator[KubeClient]:
+    """The engine's client as in a pod: service-account files + KUBERNETES_SERVICE_*."""
+    env = server.incluster_files(sa_dir, token=TOKEN)
+    with KubeClient(config=settings(mode=mode, sa_dir=sa_dir), environ=env) as kube:
+        yield kube

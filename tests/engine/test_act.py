@@ -16,6 +16,7 @@ from engine_fakes import (
     FakeKube,
     FakeSource,
     MultiKube,
+    Rig,
     decisions,
     make_config,
     metric,
@@ -204,30 +205,28 @@ def test_the_backoff_doubles_to_a_minute_while_the_api_stays_unavailable(
     assert caplog.text.count("Kubernetes API answers again; backoff over") == 1
 
 
-def caps_rig(**policy: int) -> tuple[object, MultiKube]:
+def caps_rig(**policy: int) -> Rig:
     names = ("a", "b", "c")
     keys = tuple(f"shop/{n}" for n in names)
     targets = [{"namespace": "shop", "deployment": n, "max_replicas": 4} for n in names]
-    kube = MultiKube(names)
     config = make_config(targets=targets, policy={"consecutive_anomalies": 3, **policy})
-    r = rig(kube=kube, config=config, source=FakeSource(keys=keys))
-    return r, kube
+    return rig(kube=MultiKube(names), config=config, source=FakeSource(keys=keys))
 
 
 def test_action_caps_hold_back_the_rest_of_the_pass_and_alert_once_per_hour(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    r, kube = caps_rig(cooldown_seconds=300)
-    r.engine.caps.per_pass = 2  # type: ignore[attr-defined]
-    r.source.surge_from = T0  # type: ignore[attr-defined]
-    results = r.passes(4, start=T0 + 1)  # type: ignore[attr-defined]
+    r = caps_rig(cooldown_seconds=300)
+    r.engine.caps.per_pass = 2
+    r.source.surge_from = T0
+    results = r.passes(4, start=T0 + 1)
     assert [p.actions for p in results] == [0, 0, 2, 1]
-    scaled = [name for name, call in kube.calls if call == "patch_scale"]
+    scaled = [name for name, call in r.kube.calls if call == "patch_scale"]
     assert scaled == ["a", "b", "c"]  # c held back at T0+3, scaled at T0+4
     held = [m for m in decisions(caplog, "shop/c") if m.startswith("held back: ")]
     assert held == ["held back: scale_up 1->2 max_actions_per_pass (2) reached this pass"]
-    caps = [t for t in r.notifier.texts() if "Action cap" in t]  # type: ignore[attr-defined]
+    caps = [t for t in r.notifier.texts() if "Action cap" in t]
     assert caps == [
         "AegisOps: Action cap reached — no action on shop/c: scale_up 1->2 held back: "
         "max_actions_per_pass (2) reached this pass"

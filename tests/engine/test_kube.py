@@ -10,13 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_fakes import ENGINE_USER, MANIFESTS, NS, RBAC, TOKEN, api_server, in_pod, settings
 
-from aegisops.config import KubernetesConfig
 from aegisops.kube import (
     Conflict,
     Forbidden,
@@ -30,15 +29,11 @@ from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import free_port
 from sandbox.world import hpa_manifest
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "kubernetes"
-RBAC = MANIFESTS / "rbac.yaml"
 EXAMPLES = [
     MANIFESTS / "examples" / "rbac-hpa-raise-min.yaml",
     MANIFESTS / "examples" / "rbac-discovery.yaml",
 ]
-TOKEN = "engine-sa-token"
-ENGINE_USER = "system:serviceaccount:aegisops:aegisops-engine"
-NS, APP = "aegisops", "web"
+APP = "web"
 MERGE = "application/merge-patch+json"
 
 
@@ -57,14 +52,6 @@ def deployment(name: str, *, namespace: str = NS, replicas: int = 1) -> dict[str
             },
         },
     }
-
-
-@contextmanager
-def api_server(rbac_files: list[Path]) -> Iterator[KubeAPIServer]:
-    """The emulator over TLS with `rbac_files`, the engine's token and the namespace NS."""
-    with KubeAPIServer(tls=True, rbac_files=rbac_files, tokens={TOKEN: ENGINE_USER}) as server:
-        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -88,25 +75,6 @@ def app(api: KubeAPIServer) -> Iterator[str]:
     yield APP
     api.clear_faults()
     api.delete("deployments", NS, APP)
-
-
-def settings(
-    *, mode: str = "auto", sa_dir: Path, kubeconfig: Path | None = None, timeout: float = 5.0
-) -> KubernetesConfig:
-    return KubernetesConfig(
-        mode=mode,
-        kubeconfig=str(kubeconfig) if kubeconfig else None,
-        serviceaccount_dir=str(sa_dir),
-        timeout_seconds=timeout,
-    )
-
-
-@contextmanager
-def in_pod(server: KubeAPIServer, sa_dir: Path) -> Iterator[KubeClient]:
-    """The engine's client as in a pod: service-account files + KUBERNETES_SERVICE_*."""
-    env = server.incluster_files(sa_dir, token=TOKEN)
-    with KubeClient(config=settings(sa_dir=sa_dir), environ=env) as kube:
-        yield kube
 
 
 @pytest.fixture

@@ -19,17 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_fakes import ENGINE_USER, NS, RBAC, api_server, in_pod
 
-from aegisops.config import KubernetesConfig
 from aegisops.kube import KubeClient, KubeUnavailable, LeaseInfo
 from aegisops.leader import LeaderElector, LeaderParams, resolve_params
 from sandbox.kubeapi import KubeAPIServer
 from sandbox.procs import wait_until
 
-RBAC = Path(__file__).resolve().parents[2] / "kubernetes" / "rbac.yaml"
-TOKEN = "engine-sa-token"
-ENGINE_USER = "system:serviceaccount:aegisops:aegisops-engine"
-NS, LEASE = "aegisops", "aegisops-engine"
+LEASE = "aegisops-engine"
 WHERE = f"lease {NS}/{LEASE}"
 T = 1_800_000_000.0  # 2027-01-15T08:00:00Z: the wall clock reads T + the monotonic one
 PARAMS = LeaderParams(
@@ -48,21 +45,13 @@ def at(seconds: float) -> str:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(tls=True, rbac_files=[RBAC], tokens={TOKEN: ENGINE_USER}) as server:
-        server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    with api_server([RBAC]) as server:
         yield server
 
 
 @pytest.fixture
 def kube(api: KubeAPIServer, tmp_path: Path) -> Iterator[KubeClient]:
-    env = api.incluster_files(tmp_path / "sa", token=TOKEN)
-    config = KubernetesConfig(
-        mode="incluster",
-        kubeconfig=None,
-        serviceaccount_dir=str(tmp_path / "sa"),
-        timeout_seconds=5,
-    )
-    with KubeClient(config=config, environ=env) as client:
+    with in_pod(api, tmp_path / "sa", mode="incluster") as client:
         yield client
     api.clear_faults()
     if api.objects("leases", NS):
@@ -93,10 +82,6 @@ class Engine:
         return self.elector.is_leader()
 
 
-def elector(kube: Any, identity: str) -> Engine:
-    return Engine(kube, identity)
-
-
 def lease(api: KubeAPIServer) -> dict[str, Any]:
     spec: dict[str, Any] = api.get("leases", NS, LEASE)["spec"]
     return spec
@@ -114,7 +99,7 @@ def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
 def test_exactly_one_leads_and_renewals_keep_it(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a, b = elector(kube, "a"), elector(kube, "b")
+    a, b = Engine(kube, "a"), Engine(kube, "b")
     for t in range(0, 61, 5):
         assert a.step(t) is True
         assert b.step(t + 1) is False
@@ -143,7 +128,7 @@ def test_exactly_one_leads_and_renewals_keep_it(
 def test_is_leader_ends_a_renew_period_before_the_lease_could_be_taken(
     kube: KubeClient,
 ) -> None:
-    a = elector(kube, "a")
+    a = Engine(kube, "a")
     assert a.step(0)
     assert a.is_leader(9.9)  # 15 s lease - 5 s renew period
     assert not a.is_leader(10)
@@ -152,7 +137,7 @@ def test_is_leader_ends_a_renew_period_before_the_lease_could_be_taken(
 def test_takeover_only_after_the_duration_without_renewal_by_the_followers_clock(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a, b = elector(kube, "a"), elector(kube, "b")
+    a, b = Engine(kube, "a"), Engine(kube, "b")
     assert a.step(0)
     assert not b.step(100)  # b's clock is far ahead: observed time, not renewTime, counts
     assert not b.step(114.9)
@@ -177,7 +162,7 @@ def test_takeover_only_after_the_duration_without_renewal_by_the_followers_clock
 def test_a_wall_clock_step_changes_the_stamps_but_never_the_expiry(
     api: KubeAPIServer, kube: KubeClient
 ) -> None:
-    a, b = elector(kube, "a"), elector(kube, "b")
+    a, b = Engine(kube, "a"), Engine(kube, "b")
     assert a.step(0)
     assert not b.step(1)
     b.wall_step = 3600.0  # NTP steps b's wall clock an hour ahead: b's monotonic clock runs on
@@ -192,32 +177,50 @@ def test_a_wall_clock_step_changes_the_stamps_but_never_the_expiry(
     assert lease(api)["acquireTime"] == at(26 + 3600)
 
 
-class SlowRead:
+class LeaseProxy:
+    """The Lease calls of a KubeClient, passed through; `before` runs ahead of each one
+    ("get", "create" or "replace"): subclasses change only what differs."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    def before(self, call: str) -> None:
+        """Nothing by default."""
+
+    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
+        self.before("get")
+        return self._kube.get_lease(namespace=namespace, name=name)
+
+    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        self.before("create")
+        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
+
+    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
+        self.before("replace")
+        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
+
+
+class SlowRead(LeaseProxy):
     """The Lease calls of a KubeClient; the next GET first runs `during` (what happens
     while the request is on its way), then reads."""
 
     def __init__(self, kube: KubeClient) -> None:
-        self._kube = kube
+        super().__init__(kube)
         self.during: Callable[[], object] | None = None
 
-    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
+    def before(self, call: str) -> None:
+        if call != "get":
+            return
         during, self.during = self.during, None
         if during is not None:
             during()
-        return self._kube.get_lease(namespace=namespace, name=name)
-
-    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
-
-    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
 
 
 def test_a_record_is_observed_when_the_read_returns_not_when_it_was_sent(
     kube: KubeClient,
 ) -> None:
     slow = SlowRead(kube)
-    leader, follower = elector(kube, "l"), Engine(slow, "f")
+    leader, follower = Engine(kube, "l"), Engine(slow, "f")
     assert leader.step(0)
 
     def meanwhile() -> None:  # the follower's GET takes 11 s; the leader renews at 111
@@ -247,7 +250,7 @@ def test_a_follower_waits_for_the_holders_own_lease_duration(
     api: KubeAPIServer, kube: KubeClient
 ) -> None:
     patient = dataclasses.replace(PARAMS, lease_duration_seconds=60)
-    old, new = Engine(kube, "old", params=patient), elector(kube, "new")
+    old, new = Engine(kube, "old", params=patient), Engine(kube, "new")
     assert old.step(0)
     assert lease(api)["leaseDurationSeconds"] == 60
     assert not new.step(1)
@@ -260,7 +263,7 @@ def test_a_follower_waits_for_the_holders_own_lease_duration(
 def test_release_on_stop_lets_the_follower_acquire_at_once(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a, b = elector(kube, "a"), elector(kube, "b")
+    a, b = Engine(kube, "a"), Engine(kube, "b")
     assert a.step(0)
     assert not b.step(1)
     a.t = 3
@@ -280,22 +283,16 @@ def test_release_on_stop_lets_the_follower_acquire_at_once(
     assert f"released {WHERE} (identity a)" in lines(caplog)
 
 
-class Gated:
+class Gated(LeaseProxy):
     """The Lease calls of a KubeClient; while `hold` is set, a PUT waits (after it is sent:
     it lands on the server) until `go` is set, `landed` tells the test it is in flight."""
 
     def __init__(self, kube: KubeClient) -> None:
-        self._kube = kube
+        super().__init__(kube)
         self.hold, self.landed, self.go = threading.Event(), threading.Event(), threading.Event()
 
-    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
-        return self._kube.get_lease(namespace=namespace, name=name)
-
-    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
-
     def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        written = self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
+        written = super().replace_lease(namespace=namespace, name=name, lease=lease)
         if self.hold.is_set():
             self.landed.set()
             assert self.go.wait(timeout=30)
@@ -350,38 +347,32 @@ def test_stop_skips_a_release_it_cannot_make_within_its_timeout(
     assert not a.elector.is_leader()
 
 
-class Racing:
+class Racing(LeaseProxy):
     """The Lease calls of a KubeClient, letting `rival` step just before each write:
     the rival's write lands between this elector's read and its own write."""
 
     def __init__(self, kube: KubeClient, rival: Callable[[], object]) -> None:
-        self._kube, self._rival = kube, rival
+        super().__init__(kube)
+        self._rival = rival
 
-    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
-        return self._kube.get_lease(namespace=namespace, name=name)
-
-    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        self._rival()
-        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
-
-    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        self._rival()
-        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
+    def before(self, call: str) -> None:
+        if call != "get":
+            self._rival()
 
 
 def test_a_409_on_a_race_makes_the_loser_a_follower(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a = elector(kube, "a")
-    b = elector(Racing(kube, lambda: a.step(0)), "b")
+    a = Engine(kube, "a")
+    b = Engine(Racing(kube, lambda: a.step(0)), "b")
     assert not b.step(0)  # both saw no Lease; a created it first: 409 AlreadyExists
     assert [(e.verb, e.code) for e in api.requests(verb="create")] == [
         ("create", 201),
         ("create", 409),
     ]
     # Later the Lease has expired for both; a renews between b's read and b's write.
-    a_late = elector(kube, "a")  # a fresh observer, as after a restart with the same identity
-    b = elector(Racing(kube, lambda: a_late.step(40)), "b")
+    a_late = Engine(kube, "a")  # a fresh observer, as after a restart with the same identity
+    b = Engine(Racing(kube, lambda: a_late.step(40)), "b")
     assert not b.step(20)  # first sight of the record
     assert not b.step(35)  # expired by b's clock, but a renews first: 409 Conflict
     assert [e.code for e in api.requests(verb="update")] == [200, 409]
@@ -397,7 +388,7 @@ def test_a_409_on_a_race_makes_the_loser_a_follower(
 def test_api_faults_keep_a_follower_and_end_a_leadership_that_cannot_renew(
     api: KubeAPIServer, kube: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    b = elector(kube, "b")
+    b = Engine(kube, "b")
     api.inject(verb="get", path="/leases/", status=403, times=None)
     assert [b.step(t) for t in (0, 5, 10)] == [False, False, False]
     api.clear_faults()
@@ -410,7 +401,7 @@ def test_api_faults_keep_a_follower_and_end_a_leadership_that_cannot_renew(
     ]  # once per kind, not once per step
     caplog.clear()
 
-    a = elector(kube, "a")
+    a = Engine(kube, "a")
     assert a.step(0)
     api.inject(verb="get", path="/leases/", status=503, times=None)
     assert a.step(5)  # the last renewal (T) is still young enough
@@ -435,32 +426,21 @@ FAST = LeaderParams(
 )
 
 
-class CutOff:
+class CutOff(LeaseProxy):
     """The Lease calls of a KubeClient: `error` (once, or while `cut` is set) instead."""
 
     def __init__(self, kube: KubeClient, error: Exception, *, once: bool = False) -> None:
-        self._kube, self._error, self._once = kube, error, once
+        super().__init__(kube)
+        self._error, self._once = error, once
         self.cut = threading.Event()
         if once:
             self.cut.set()
 
-    def _check(self) -> None:
+    def before(self, call: str) -> None:
         if self.cut.is_set():
             if self._once:
                 self.cut.clear()
             raise self._error
-
-    def get_lease(self, *, namespace: str, name: str) -> LeaseInfo:
-        self._check()
-        return self._kube.get_lease(namespace=namespace, name=name)
-
-    def create_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        self._check()
-        return self._kube.create_lease(namespace=namespace, name=name, lease=lease)
-
-    def replace_lease(self, *, namespace: str, name: str, lease: LeaseInfo) -> LeaseInfo:
-        self._check()
-        return self._kube.replace_lease(namespace=namespace, name=name, lease=lease)
 
 
 def handed_over(a: LeaderElector, b: LeaderElector) -> Callable[[], bool]:
