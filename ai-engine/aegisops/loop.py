@@ -132,14 +132,6 @@ class Engine:
             )
         self.discovered: set[str] = set()  # keys of the workloads discovery added
 
-    @property
-    def notifier(self) -> Notifier:
-        return self.report.notifier
-
-    @notifier.setter
-    def notifier(self, notifier: Notifier) -> None:
-        self.report.notifier = notifier
-
     # -- start ---------------------------------------------------------------------------
 
     def train_from_history(self, *, now: float, keys: Collection[str] | None = None) -> None:
