@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from aegisops.apply import WRITES, Applier, OutcomeUnknown, on, result_of, what
+from aegisops.apply import WRITES, Applier, OutcomeUnknown, result_of, what
 from aegisops.detector import Observation, WorkloadDetector
 from aegisops.guard import ActionCaps, InBackoff, KubeBackoff, Throttle
 from aegisops.kube import (
@@ -30,6 +30,7 @@ from aegisops.kube import (
     NotFound,
     ScaleInfo,
 )
+from aegisops.logs import on
 from aegisops.policy import (
     DRY_RUN,
     PAUSED,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aegisops import messages
 from aegisops.apply import what
 from aegisops.detector import METRICS, Observation
+from aegisops.logs import on
 from aegisops.policy import Decision
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class Reporter:
         """One alert message (`decision.alert` kinds, missing data, caps, forbidden);
         `workload` None: about the whole engine (Prometheus down)."""
         self._post(
-            workload or "",
+            workload,
             build=lambda: messages.alert_message(
                 kind=kind,
                 workload=workload,
@@ -148,18 +149,17 @@ class Reporter:
             ),
         )
 
-    def _post(self, key: str, *, build: Callable[[], dict[str, Any]]) -> None:
-        """Build and send one message, leader only; a failure is logged, never raised."""
+    def _post(self, key: str | None, *, build: Callable[[], dict[str, Any]]) -> None:
+        """Build and send one message, leader only; a failure is logged, never raised.
+        `key` None: about the whole engine, the log line names no workload."""
         if not self.leading or not self.still_leading():
             return
         try:
             self.notifier.send(build())
         except Exception as err:  # the type only: an error may carry the webhook URL
-            log.error("Slack notification failed (%s)", type(err).__name__, extra=_on(key))
-
-
-def _on(key: str) -> dict[str, Any]:
-    return {"workload": key} if key else {}
+            log.error(
+                "Slack notification failed (%s)", type(err).__name__, extra=on(key) if key else {}
+            )
 
 
 def seen(obs: Observation) -> str:
