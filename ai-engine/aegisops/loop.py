@@ -245,7 +245,7 @@ class Engine:
 
     def _lead(self, now: float) -> None:
         """Whether this pass acts; on becoming leader every cached Deployment fact is dropped."""
-        leading = self.leader is None or self.leader.is_leader()
+        leading = self._still_leading()
         if leading and not self.leading:
             log.warning("became leader: re-reading every Deployment before acting")
             for workload in self.workloads.values():
