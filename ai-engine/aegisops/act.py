@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from aegisops.apply import WRITES, Applier, OutcomeUnknown, on, result_of, what
+from aegisops.apply import WRITES, Applier, OutcomeUnknown, result_of, what
 from aegisops.detector import Observation, WorkloadDetector
 from aegisops.guard import ActionCaps, InBackoff, KubeBackoff, Throttle
 from aegisops.kube import (
@@ -30,6 +30,7 @@ from aegisops.kube import (
     NotFound,
     ScaleInfo,
 )
+from aegisops.logs import on
 from aegisops.policy import (
     DRY_RUN,
     PAUSED,
@@ -96,6 +97,7 @@ class _Fresh:
     deployment: DeploymentInfo
     scale: ScaleInfo
     hpa: HpaInfo | None
+    memory: Memory  # the Deployment's annotations, as read with it
 
 
 class Actor:
@@ -192,9 +194,9 @@ class Actor:
             self._read_failed(w, err, now=now, what="not acting, cannot read the cluster")
             w.memory = None
             return None
-        self._learn(w, deployment, replicas=scale.replicas, now=now)
+        memory = self._learn(w, deployment, replicas=scale.replicas, now=now)
         w.hpa, w.hpa_managed = hpa, hpa is not None
-        return _Fresh(deployment=deployment, scale=scale, hpa=hpa)
+        return _Fresh(deployment=deployment, scale=scale, hpa=hpa, memory=memory)
 
     def _read_failed(self, w: Workload, err: KubeError, *, now: float, what: str) -> None:
         key = w.target.key
@@ -276,7 +278,7 @@ class Actor:
                 w,
                 now=now,
                 decision=decision,
-                before=memory_from_annotations(fresh.deployment.annotations)[0],
+                before=fresh.memory,
                 resource_version=fresh.deployment.resource_version,
             )
             if err is None:

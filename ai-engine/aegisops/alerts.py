@@ -35,10 +35,6 @@ class MissingData:
             PROMETHEUS, missing=not ok, down="prometheus_down", back="prometheus_back"
         )
 
-    def passes_missing(self, key: str = PROMETHEUS) -> int:
-        streak = self._streaks.get(key)
-        return 0 if streak is None else streak.missing
-
     def forget(self, key: str) -> None:
         self._streaks.pop(key, None)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aegisops.kube import Conflict, Forbidden, KubeError, NotFound
+from aegisops.logs import on
 from aegisops.policy import (
     ANNOTATION_KEYS,
     Decision,
@@ -241,8 +242,3 @@ def what(decision: Decision) -> str:
     if decision.replicas_before != decision.replicas_after:
         return f"{decision.action} {decision.replicas_before}->{decision.replicas_after}"
     return decision.action
-
-
-def on(key: str, **fields: Any) -> dict[str, Any]:
-    """`extra=` for a log record about one workload (text shows it, json gets the fields)."""
-    return {"workload": key, **fields}

@@ -68,6 +68,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+def on(key: str, **fields: Any) -> dict[str, Any]:
+    """`extra=` for a log record about one workload (text shows it, json gets the fields)."""
+    return {"workload": key, **fields}
+
+
 def setup_logging(
     *, format: str = "text", level: str | int = "info", stream: TextIO | None = None
 ) -> logging.Handler:

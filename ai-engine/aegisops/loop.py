@@ -32,6 +32,7 @@ from aegisops.alerts import MissingData
 from aegisops.detector import METRICS, Observation, WorkloadDetector
 from aegisops.discovery import Discovery
 from aegisops.guard import ActionCaps, KubeBackoff
+from aegisops.logs import on
 from aegisops.policy import Decision, Memory, counts, decide, is_load_shaped, unapplied
 from aegisops.prometheus import PrometheusError, Sample
 from aegisops.report import Reporter
@@ -132,14 +133,6 @@ class Engine:
             )
         self.discovered: set[str] = set()  # keys of the workloads discovery added
 
-    @property
-    def notifier(self) -> Notifier:
-        return self.report.notifier
-
-    @notifier.setter
-    def notifier(self, notifier: Notifier) -> None:
-        self.report.notifier = notifier
-
     # -- start ---------------------------------------------------------------------------
 
     def train_from_history(self, *, now: float, keys: Collection[str] | None = None) -> None:
@@ -186,7 +179,7 @@ class Engine:
                 try:
                     decision = self._workload_pass(workload, sample=sample, now=now)
                 except Exception as err:  # one workload never stops the pass
-                    log.exception("pass failed: %s", err, extra=_on(key))
+                    log.exception("pass failed: %s", err, extra=on(key))
                     self._count_error("workload")
                     errors += 1
                     continue
@@ -226,7 +219,7 @@ class Engine:
                     target.min_replicas,
                     target.max_replicas,
                     target.scale_step,
-                    extra=_on(key),
+                    extra=on(key),
                 )
             elif workload.target != target:
                 workload.target = target
@@ -235,13 +228,13 @@ class Engine:
                     target.min_replicas,
                     target.max_replicas,
                     target.scale_step,
-                    extra=_on(key),
+                    extra=on(key),
                 )
         for key in sorted(self.discovered - set(found)):
             del self.workloads[key]
             self.discovered.discard(key)
             self.missing.forget(key)
-            log.warning("no longer matches discovery.label_selector: dropped", extra=_on(key))
+            log.warning("no longer matches discovery.label_selector: dropped", extra=on(key))
         self.source.targets = tuple(self.workloads)
         return joined
 
@@ -252,7 +245,7 @@ class Engine:
 
     def _lead(self, now: float) -> None:
         """Whether this pass acts; on becoming leader every cached Deployment fact is dropped."""
-        leading = self.leader is None or self.leader.is_leader()
+        leading = self._still_leading()
         if leading and not self.leading:
             log.warning("became leader: re-reading every Deployment before acting")
             for workload in self.workloads.values():
@@ -269,7 +262,7 @@ class Engine:
         key = w.target.key
         if now <= w.last_t:
             log.debug(
-                "skipped: already learned up to %.0f (now %.0f)", w.last_t, now, extra=_on(key)
+                "skipped: already learned up to %.0f (now %.0f)", w.last_t, now, extra=on(key)
             )
             return None  # already learned from history up to here
         if w.gone_until is not None and not (self.leading and self.actor.recheck_gone(w, now=now)):
@@ -362,10 +355,10 @@ class Engine:
         passes = self.config.alerts.missing_after_passes
         if kind == "metrics_missing":
             reason = f"no data for {passes} passes in a row; no action is taken without data"
-            log.warning("%s (alert %s)", reason, kind, extra=_on(w.target.key))
+            log.warning("%s (alert %s)", reason, kind, extra=on(w.target.key))
         else:
             reason = "data is back"
-            log.info("%s (alert %s)", reason, kind, extra=_on(w.target.key))
+            log.info("%s (alert %s)", reason, kind, extra=on(w.target.key))
         self.report.alert(kind, workload=w.target.key, reason=reason, obs=None, dry=False)
 
     def _prometheus_alert(self, *, ok: bool, now: float) -> None:
@@ -394,8 +387,3 @@ class Engine:
             began = time.monotonic()
             self.run_pass(self.clock())
             stop.wait(max(0.0, self.config.poll_interval_seconds - (time.monotonic() - began)))
-
-
-def _on(key: str, **fields: Any) -> dict[str, Any]:
-    """`extra=` for a log record about one workload (text shows it, json gets the fields)."""
-    return {"workload": key, **fields}

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aegisops import messages
+from aegisops.apply import what
 from aegisops.detector import METRICS, Observation
+from aegisops.logs import on
 from aegisops.policy import Decision
 
 if TYPE_CHECKING:
@@ -47,9 +49,6 @@ class Reporter:
         dry = self.dry_run(w)
         marker = "**DRY-RUN** " if dry and decision.action in self.actions else ""
         standby = "" if self.leading else "standby "
-        what: str = decision.action
-        if decision.replicas_before != decision.replicas_after:
-            what = f"{decision.action} {decision.replicas_before}->{decision.replicas_after}"
         gaps = f"; no data for {', '.join(missing)}" if missing else ""
         log.info(
             "%s%s%s; %s -> %s: %s%s",
@@ -57,7 +56,7 @@ class Reporter:
             marker,
             seen(obs),
             score_text(obs),
-            what,
+            what(decision),
             decision.reason,
             gaps,
             extra={
@@ -119,21 +118,16 @@ class Reporter:
     ) -> None:
         """One alert message (`decision.alert` kinds, missing data, caps, forbidden);
         `workload` None: about the whole engine (Prometheus down)."""
-        if not self.leading or not self.still_leading():
-            return
-        try:
-            payload = messages.alert_message(
+        self._post(
+            workload,
+            build=lambda: messages.alert_message(
                 kind=kind,
                 workload=workload,
                 reason=reason,
                 metrics=() if obs is None else metric_lines(obs),
                 dry_run=dry,
-            )
-            self.notifier.send(payload)
-        except Exception as err:  # the type only: an error may carry the webhook URL
-            log.error(
-                "Slack notification failed (%s)", type(err).__name__, extra=_on(workload or "")
-            )
+            ),
+        )
 
     def send(
         self,
@@ -145,22 +139,27 @@ class Reporter:
         **fields: Any,
     ) -> None:
         """One Slack message: anomaly confirmed, action taken, or resolved (leader only)."""
-        if not self.leading or not self.still_leading():
-            return
-        try:
-            payload = build(
+        self._post(
+            w.target.key,
+            build=lambda: build(
                 workload=w.target.key,
                 metrics=metric_lines(obs),
                 dry_run=self.dry_run(w) if dry is None else dry,
                 **fields,
-            )
-            self.notifier.send(payload)
+            ),
+        )
+
+    def _post(self, key: str | None, *, build: Callable[[], dict[str, Any]]) -> None:
+        """Build and send one message, leader only; a failure is logged, never raised.
+        `key` None: about the whole engine, the log line names no workload."""
+        if not self.leading or not self.still_leading():
+            return
+        try:
+            self.notifier.send(build())
         except Exception as err:  # the type only: an error may carry the webhook URL
-            log.error("Slack notification failed (%s)", type(err).__name__, extra=_on(w.target.key))
-
-
-def _on(key: str) -> dict[str, Any]:
-    return {"workload": key} if key else {}
+            log.error(
+                "Slack notification failed (%s)", type(err).__name__, extra=on(key) if key else {}
+            )
 
 
 def seen(obs: Observation) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aegisops.detector import DetectorParams, WorkloadDetector
+from aegisops.logs import on
 
 if TYPE_CHECKING:
     from aegisops.act import Workload
@@ -25,7 +26,7 @@ def train(
     for key, workload in workloads.items():
         past = history.get(key)
         if past is None or len(past.timestamps) == 0:
-            log.info("no history, learning from live samples (%d needed)", needed, extra=_on(key))
+            log.info("no history, learning from live samples (%d needed)", needed, extra=on(key))
             continue
         try:
             gathered = workload.detector.fit_history(
@@ -36,7 +37,7 @@ def train(
                 "cannot train from history (%s: %s), learning from live samples",
                 type(err).__name__,
                 err,
-                extra=_on(key),
+                extra=on(key),
             )
             workload.detector = WorkloadDetector(params=params)
             continue
@@ -48,9 +49,5 @@ def train(
             len(past.timestamps),
             state,
             needed,
-            extra=_on(key),
+            extra=on(key),
         )
-
-
-def _on(key: str) -> dict[str, str]:
-    return {"workload": key}

@@ -336,7 +336,7 @@ class RaisingNotifier(FakeNotifier):
 def test_slack_trouble_never_blocks_an_action(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     r = rig()
-    r.engine.notifier = RaisingNotifier()  # type: ignore[assignment]
+    r.engine.report.notifier = RaisingNotifier()
     r.source.surge_from = T0
     results = r.passes(5, start=T0 + 1)
     assert [p.actions for p in results] == [0, 0, 1, 0, 0]
