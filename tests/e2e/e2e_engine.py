@@ -35,6 +35,8 @@ P95 = (
     "(rate(http_request_latency_seconds_bucket[10s])))"
 )
 BASELINE_SAMPLES = 60
+# One decision line of the engine for the sandbox workload, up to what it decided.
+DECISION = re.escape(WORKLOAD) + r": rps=.*; score \d\.\d\d vs threshold \d\.\d\d -> "
 # Normal traffic with noise: Poisson arrivals around a slow wave, seeded.
 NORMAL = Diurnal(rps=10.0, amplitude=0.1, period_seconds=30.0)
 LEASE = "aegisops-engine"

@@ -209,3 +209,19 @@ def assert_scales_bounded_and_once(
             counts.append(replicas)
     assert len(records) == len(set(records)), records
     return counts
+
+
+def slack_texts(world: World) -> list[str]:
+    """The text of every Slack message the receiver got, in order."""
+    return [m["text"] for m in world.slack.messages()]
+
+
+def wait_slack(world: World, prefix: str, *, count: int = 1, timeout: float = 30) -> list[str]:
+    """The Slack texts starting with `prefix`, once there are at least `count` of them."""
+
+    def found() -> list[str] | None:
+        hits = [t for t in slack_texts(world) if t.startswith(prefix)]
+        return hits if len(hits) >= count else None
+
+    hits: list[str] = world.wait_for(found, timeout=timeout, message=f"{count}x Slack: {prefix}")
+    return hits

@@ -17,21 +17,20 @@ import pytest
 from aegisops.memory import ANNOTATION_KEYS
 from e2e.e2e_engine import (
     AEGISOPS,
+    DECISION,
     LEASE,
     WORKLOAD,
     EngineProcess,
     engine_config,
     engine_requests,
 )
-from e2e.e2e_world import last_seq
+from e2e.e2e_world import SCALE_PATH, last_seq
 from sampleapp.profiles import Steady
 from sandbox.prometheus import PrometheusServer
-from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World
+from sandbox.world import ENGINE_USER, NAMESPACE, World
 
 pytestmark = pytest.mark.slow
 
-SCALE_PATH = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{DEPLOYMENT}/scale"
-DECISION = re.escape(WORKLOAD) + r": rps=.*; score \d\.\d\d vs threshold \d\.\d\d -> "
 LOAD_UP = r"(rps|p95_latency_seconds) [\d.e+-]+ vs baseline [\d.e+-]+ \(up\)"
 SUMMARY = r"pass \d+: 1 workloads, (\d+) anomalies, (\d+) actions, (\d+) errors in "
 

@@ -16,15 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from e2e.e2e_engine import WORKLOAD, EngineProcess, safety_config
-from e2e.e2e_world import assert_scales_bounded_and_once, last_seq, scale_patches, writes
+from e2e.e2e_engine import DECISION, WORKLOAD, EngineProcess, safety_config
+from e2e.e2e_world import (
+    assert_scales_bounded_and_once,
+    last_seq,
+    scale_patches,
+    slack_texts,
+    wait_slack,
+    writes,
+)
 from sampleapp.profiles import Steady
 from sandbox.world import DEPLOYMENT, ENGINE_USER, World
 
 pytestmark = pytest.mark.slow
 
 W = re.escape(WORKLOAD)
-DECISION = W + r": rps=.*; score \d\.\d\d vs threshold \d\.\d\d -> "
 MISSING = (
     W + r": rps=n/a \(baseline .*\) p95_latency_seconds=n/a \(baseline .*\) memory_bytes=n/a "
     r"\(baseline .*\); missing, not scored -> none: no data"
@@ -41,19 +47,6 @@ def passes_go_on(engine: EngineProcess, *, after: int, count: int = 2) -> None:
     """The process is alive and still completes passes after `after` (a log mark)."""
     engine.wait_lines(SUMMARY, count=count, timeout=30, after=after)
     assert engine.alive()
-
-
-def slack_texts(world: World) -> list[str]:
-    return [m["text"] for m in world.slack.messages()]
-
-
-def wait_slack(world: World, prefix: str, *, count: int = 1, timeout: float = 30) -> list[str]:
-    def found() -> list[str] | None:
-        hits = [t for t in slack_texts(world) if t.startswith(prefix)]
-        return hits if len(hits) >= count else None
-
-    hits: list[str] = world.wait_for(found, timeout=timeout, message=f"{count}x Slack: {prefix}")
-    return hits
 
 
 def test_prometheus_slack_and_kubernetes_faults_in_one_run(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from e2e.e2e_engine import LEASE, WORKLOAD, EngineProcess, safety_config
+from e2e.e2e_engine import DECISION, LEASE, WORKLOAD, EngineProcess, safety_config
 from e2e.e2e_world import (
     DEPLOYMENT_PATH,
     HPA_PATH,
@@ -26,6 +26,8 @@ from e2e.e2e_world import (
     scale_patches,
     second_identity,
     set_app_args,
+    slack_texts,
+    wait_slack,
     writes,
 )
 from sampleapp.profiles import Steady
@@ -35,7 +37,6 @@ from sandbox.world import DEPLOYMENT, ENGINE_USER, NAMESPACE, World
 pytestmark = pytest.mark.slow
 
 W = re.escape(WORKLOAD)
-DECISION = W + r": rps=.*; score \d\.\d\d vs threshold \d\.\d\d -> "
 STANDBY = W + r": standby rps=.*; score \d\.\d\d vs threshold \d\.\d\d -> "
 LEASE_REF = f"{NAMESPACE}/{LEASE}"  # how the engine names its Lease in the log
 SURGE = Steady(rps=60.0)  # 1.5x one replica's capacity; two replicas cope
@@ -78,18 +79,6 @@ def records(world: World, *, after: int) -> list[dict[str, Any]]:
         for e in writes(world, after=after)
         if e.subresource is None and e.code == 200 and e.path == DEPLOYMENT_PATH
     ]
-
-
-def slack_texts(world: World) -> list[str]:
-    return [m["text"] for m in world.slack.messages()]
-
-
-def wait_slack(world: World, prefix: str, *, timeout: float = 20) -> str:
-    def found() -> str | None:
-        return next((t for t in slack_texts(world) if t.startswith(prefix)), None)
-
-    text: str = world.wait_for(found, timeout=timeout, message=f"Slack: {prefix}")
-    return text
 
 
 def test_two_engines_one_acts_the_other_takes_over_and_a_restart_still_scales_down(
@@ -177,8 +166,10 @@ def test_hpa_alert_mode_only_alerts_and_raise_min_raises_then_restores(
         timeout=60,
     )
     hpa_alert = wait_slack(
-        world, f"AegisOps: {WORKLOAD} is managed by an HPA — AegisOps does not scale it: "
-    )
+        world,
+        f"AegisOps: {WORKLOAD} is managed by an HPA — AegisOps does not scale it: ",
+        timeout=20,
+    )[0]
     assert "an HPA aegisops-app manages this Deployment, not scaling" in hpa_alert
     assert alerting.stop() == 0
     assert writes(world, after=mark) == []  # alert mode: no write at all
@@ -235,8 +226,8 @@ def test_replicas_edited_by_hand_during_an_incident_make_aegisops_back_off(
         "record cleared, no scaling for the rest of this incident"
     ), released
     hands_off = wait_slack(
-        world, f"AegisOps: {WORKLOAD} replicas changed by hand — AegisOps backs off: "
-    )
+        world, f"AegisOps: {WORKLOAD} replicas changed by hand — AegisOps backs off: ", timeout=20
+    )[0]
     assert "replicas are 3, AegisOps set 2: someone else changed them" in hands_off
     # The incident goes on past the release's cooldown: still no scaling.
     held = engine.wait_lines(
@@ -271,7 +262,9 @@ def test_new_pods_that_never_become_ready_stop_scaling_and_roll_back(
         r"no more scale-ups this incident, rollback to 1 after the cooldown$",
         gave_up,
     ), gave_up
-    not_ready = wait_slack(world, f"AegisOps: New pods of {WORKLOAD} did not become ready: ")
+    not_ready = wait_slack(
+        world, f"AegisOps: New pods of {WORKLOAD} did not become ready: ", timeout=20
+    )[0]
     assert "1/2 replicas ready" in not_ready
     [rolled] = engine.wait_lines(DECISION + r"rollback 2->1: ", timeout=30)
     assert rolled.endswith("scaling did not help and the cooldown is over: rollback 2->1"), rolled
@@ -314,7 +307,7 @@ def test_a_scale_up_that_does_not_ease_the_anomaly_stops_and_rolls_back(
         r"no more scale-ups this incident, rollback to 1 after the cooldown$",
         gave_up,
     ), gave_up
-    not_helping = wait_slack(world, f"AegisOps: Scaling did not help {WORKLOAD}: ")
+    not_helping = wait_slack(world, f"AegisOps: Scaling did not help {WORKLOAD}: ", timeout=20)[0]
     assert "scaling did not help" in not_helping
     [rolled] = engine.wait_lines(DECISION + r"rollback 2->1: ", timeout=30)
     assert rolled.endswith("scaling did not help and the cooldown is over: rollback 2->1"), rolled
